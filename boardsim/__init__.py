@@ -1,0 +1,1 @@
+"""Simulated NuLink3 probes and NuMicro boards at the hardware boundary."""

@@ -1,0 +1,1 @@
+"""The provisioning cloud: device registry, counted jobs, per-device keys, MCUboot signing, audit."""

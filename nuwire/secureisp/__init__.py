@@ -1,0 +1,62 @@
+"""SecureISP: Nuvoton's encrypted ISP over UART, for the ROM and this project's bootloader."""
+
+from nuwire.secureisp.commands import STATUS_MEANING, Command, Status
+from nuwire.secureisp.messages import (
+    ConnectInfo,
+    DeviceId,
+    DlBegin,
+    DlFinish,
+    Erase,
+    GetId,
+    GetVersion,
+    MassWrite,
+    OtpValue,
+    ReadOtp,
+    RebootToBootloader,
+    Reply,
+    Request,
+    Reset,
+    SetMassWrite,
+    Write,
+    WriteOtp,
+)
+from nuwire.secureisp.packet import PACKET_SIZE, Packet, PacketAssembler, SessionCipher, decode, encode
+from nuwire.secureisp.session import Backend, Handled, HostSession, Kdf, Outcome, TargetSession
+from nuwire.secureisp.states import Phase, Role
+
+__all__ = [
+    "PACKET_SIZE",
+    "STATUS_MEANING",
+    "Backend",
+    "Command",
+    "ConnectInfo",
+    "DeviceId",
+    "DlBegin",
+    "DlFinish",
+    "Erase",
+    "GetId",
+    "GetVersion",
+    "Handled",
+    "HostSession",
+    "Kdf",
+    "MassWrite",
+    "OtpValue",
+    "Outcome",
+    "Packet",
+    "PacketAssembler",
+    "Phase",
+    "ReadOtp",
+    "RebootToBootloader",
+    "Reply",
+    "Request",
+    "Reset",
+    "Role",
+    "SessionCipher",
+    "SetMassWrite",
+    "Status",
+    "TargetSession",
+    "Write",
+    "WriteOtp",
+    "decode",
+    "encode",
+]

@@ -1,0 +1,58 @@
+"""``orchestrator``: the line daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from nuwire import mcuboot
+from nuwire.cli import parser, run
+from nuwire.keys import raw_public_key
+from nuwire.pem import load_public_key
+from nuwire.profiles import PROFILES, profile
+
+
+def image_info(args: argparse.Namespace) -> int:
+    image = mcuboot.parse(args.image.read_bytes())
+    info: dict[str, object] = {
+        "version": str(image.version),
+        "load_addr": f"0x{image.load_addr:08X}",
+        "header_size": image.header_size,
+        "body_size": len(image.body),
+        "sha256": image.digest.hex(),
+        "tlvs": [{"type": f"0x{kind:02X}", "length": len(value)} for kind, value in image.tlvs],
+    }
+    verdict = mcuboot.verify(image, load_public_key(args.key)) if args.key else None
+    if verdict is not None:
+        info["verify"] = verdict.value
+    print(json.dumps(info, indent=2))
+    return 0 if verdict in (None, mcuboot.Verdict.OK) else 1
+
+
+def otp_words(args: argparse.Namespace) -> int:
+    target = profile(args.profile)
+    raw = raw_public_key(load_public_key(args.key))
+    entries = (
+        target.bootloader_key_entries(raw)
+        if args.purpose == "bootloader"
+        else target.app_key_hash_entries(raw)
+    )
+    for entry, (low, high) in entries.items():
+        print(f"OTP{entry:<3} @0x{target.otp.entry_address(entry):08X}  low=0x{low:08X} high=0x{high:08X}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    top, commands = parser("orchestrator", "The factory-line provisioning daemon.")
+    cmd = commands.add_parser("image-info", help="parse an MCUboot image, and verify it with --key")
+    cmd.add_argument("image", type=Path)
+    cmd.add_argument("--key", type=Path, help="PEM public or private key to verify with")
+    cmd.set_defaults(handler=image_info)
+    cmd = commands.add_parser("otp-words", help="the OTP entries a key becomes on the target")
+    cmd.add_argument("--key", type=Path, required=True, help="PEM public or private key")
+    cmd.add_argument("--purpose", choices=("bootloader", "application"), required=True)
+    cmd.add_argument("--profile", default="M2354", choices=sorted(PROFILES))
+    cmd.set_defaults(handler=otp_words)
+    return run(top, argv)
