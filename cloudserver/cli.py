@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,7 +39,10 @@ def sign(args: argparse.Namespace) -> int:
         load_addr=slot.base,
     )
     if len(image) > slot.size:
-        print(f"cloudserver: error: signed image is {len(image)} bytes, slot {slot.name} holds {slot.size}")
+        print(
+            f"cloudserver: error: signed image is {len(image)} bytes, slot {slot.name} holds {slot.size}",
+            file=sys.stderr,
+        )
         return 2
     args.out.write_bytes(image)
     print(f"wrote {args.out}: {len(image)} bytes, version {args.version}, key {key_format.value}")

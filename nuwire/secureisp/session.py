@@ -413,17 +413,18 @@ class TargetSession:
         after: Phase | None,
     ) -> Handled:
         handled = self._answer(packet.command, packet.packet_id, status, payload, request, self._cipher)
-        if status == Status.OK and after is not None:
+        if status != Status.OK:
+            self._n.refused += 1
+            if after is not None and self.phase in KEY_EXCHANGE_PHASES:
+                self._restart()
+                self.phase = Phase.FAILED
+        else:
+            assert after is not None, "an OK answer always comes from a legal command"
             if packet.command in (Command.ECDH_PUB1, Command.ECDH_GET_RAND_PUB1):
                 self._cipher, self._next_cipher = self._next_cipher, None
             self.phase = after
             if after in (Phase.IDLE, Phase.CLOSED):
                 self._restart(keep_phase=after is Phase.CLOSED)
-        elif status != Status.OK:
-            self._n.refused += 1
-            if after is not None and self.phase in KEY_EXCHANGE_PHASES:
-                self._restart()
-                self.phase = Phase.FAILED
         self._n.last = (raw, handled)
         return handled
 

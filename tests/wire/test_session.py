@@ -286,9 +286,12 @@ def test_untrusted_host_key_fails_the_handshake_until_resync() -> None:
     assert host.phase is Phase.IDLE
 
 
-def test_trusted_host_key_is_accepted() -> None:
-    host, target, _ = pair(trusted=[raw_public_key(host_key().public_key())])
+def test_trusted_host_key_is_accepted_with_fresh_random_keys() -> None:
+    trusted = [raw_public_key(host_key().public_key())]
+    target = TargetSession(Role.ROM, FakeBoard(), target_key(), trusted_hosts=trusted)
+    host = HostSession(Role.ROM, host_key(), target_key().public_key())
     handshake(host, target)
+    assert exchange(host, target, host.send(m.GetId())).ok
 
 
 def test_host_key_not_on_the_curve_is_refused() -> None:

@@ -1,0 +1,30 @@
+"""Writes docs/protocols.md from docs/protocols.md.in: the state diagrams and status table come from
+the code, so the page cannot drift from the table it describes. Run: python docs/make_protocols.py"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nuwire.secureisp.commands import STATUS_MEANING, Status
+from nuwire.secureisp.states import Role, mermaid
+
+HERE = Path(__file__).parent
+OURS = range(0x40, 0x50)
+
+
+def render() -> str:
+    rows = "\n".join(
+        f"| 0x{status:02X} | {status.name} | {STATUS_MEANING[status]} | {'ours' if status in OURS else 'CH'} |"
+        for status in Status
+    )
+    return (
+        (HERE / "protocols.md.in")
+        .read_text()
+        .replace("@STATUS_TABLE@", rows)
+        .replace("@MERMAID_ROM@", mermaid(Role.ROM))
+        .replace("@MERMAID_BOOTLOADER@", mermaid(Role.BOOTLOADER))
+    )
+
+
+if __name__ == "__main__":
+    (HERE / "protocols.md").write_text(render())

@@ -1,0 +1,19 @@
+"""docs/protocols.md is generated from the code's tables and must be up to date."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+DOCS = Path(__file__).parent.parent / "docs"
+
+
+def test_protocols_page_matches_the_code() -> None:
+    spec = importlib.util.spec_from_file_location("make_protocols", DOCS / "make_protocols.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    expected = module.render()
+    assert (DOCS / "protocols.md").read_text() == expected, "run: python docs/make_protocols.py"
+    assert "@" + "MERMAID" not in expected
