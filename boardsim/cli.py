@@ -27,7 +27,9 @@ def show_profile(args: argparse.Namespace) -> int:
     target = profile(args.name)
     fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
     as_dicts = {
-        key: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        key: dataclasses.asdict(value)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type)
+        else value
         for key, value in fields.items()
     }
     print(json.dumps(_plain(as_dicts), indent=2))

@@ -12,10 +12,13 @@ HERE = Path(__file__).parent
 OURS = range(0x40, 0x50)
 
 
+def _source(status: Status) -> str:
+    return "ours" if status in OURS else "CH"
+
+
 def render() -> str:
     rows = "\n".join(
-        f"| 0x{status:02X} | {status.name} | {STATUS_MEANING[status]} | {'ours' if status in OURS else 'CH'} |"
-        for status in Status
+        f"| 0x{code:02X} | {code.name} | {STATUS_MEANING[code]} | {_source(code)} |" for code in Status
     )
     return (
         (HERE / "protocols.md.in")

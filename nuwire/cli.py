@@ -11,7 +11,9 @@ from nuwire.errors import ProtocolError
 Handler = Callable[[argparse.Namespace], int]
 
 
-def parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:
+def parser(
+    prog: str, description: str
+) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:
     top = argparse.ArgumentParser(prog=prog, description=description)
     commands = top.add_subparsers(title="subcommands", metavar="COMMAND", required=True)
     return top, commands

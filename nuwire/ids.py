@@ -62,9 +62,7 @@ def parse_obj_id(text: str) -> bytes:
 
 
 def encode_obj_id_record(obj_id: bytes) -> bytes:
-    head = _RECORD_HEAD.pack(RECORD_MAGIC, RECORD_VERSION, OBJ_ID_SIZE) + bytes.fromhex(
-        format_obj_id(obj_id)
-    )
+    head = _RECORD_HEAD.pack(RECORD_MAGIC, RECORD_VERSION, OBJ_ID_SIZE) + bytes.fromhex(format_obj_id(obj_id))
     return head + crc32(head).to_bytes(4, "little")
 
 

@@ -92,7 +92,7 @@ class Version:
         if build and not build.isdigit():
             raise ProtocolError("version build", "digits", build)
         numbers = [int(p) for p in parts] + [0] * (3 - len(parts))
-        return cls(*numbers, build=int(build or 0))
+        return cls(numbers[0], numbers[1], numbers[2], int(build or 0))
 
     def __str__(self) -> str:
         return f"{self.major}.{self.minor}.{self.revision}+{self.build}"

@@ -45,11 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         (out / f"{slot.name}.signed.bin").write_bytes(image)
         images[slot.name] = mcuboot.parse(image)
-        print(f"signed {slot.name}: {len(image)} bytes at 0x{slot.base:08X}, sha256 {images[slot.name].digest.hex()}")
+        digest = images[slot.name].digest.hex()
+        print(f"signed {slot.name}: {len(image)} bytes at 0x{slot.base:08X}, sha256 {digest}")
 
     boot_raw = raw_public_key(boot_key.public_key())
     app_raw = raw_public_key(app_key.public_key())
-    print("ROM check of the bootloader with the OTP key:", mcuboot.verify(images["bootloader"], boot_key.public_key()).value)
+    print(
+        "ROM check of the bootloader with the OTP key:",
+        mcuboot.verify(images["bootloader"], boot_key.public_key()).value,
+    )
     print(
         "bootloader check of the application against the OTP hash:",
         mcuboot.verify_against_key_hash(images["application"], key_hash(app_raw)).value,
@@ -61,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
         for entry, (low, high) in entries.items():
             print(f"  OTP{entry:<3} {purpose:<21} 0x{low:08X} 0x{high:08X}")
-    print(f"keys and images are in {out}/ ; check them with: imgtool verify -k {out}/app-key.pem {out}/application.signed.bin")
+    print(f"keys and images are in {out}/; check one with:")
+    print(f"  imgtool verify -k {out}/app-key.pem {out}/application.signed.bin")
     return 0
 
 

@@ -7,10 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from boardsim.cli import main as boardsim
 from cloudserver.cli import main as cloudserver
 from orchestrator.cli import main as orchestrator
+from orchestrator.walkthrough import main as walkthrough
 from tests.conftest import venv_tool
 
 
@@ -35,7 +38,22 @@ def test_sign_then_inspect_then_otp_words(tmp_path: Path, capsys: pytest.Capture
     body = tmp_path / "app.bin"
     body.write_bytes(b"\x00\x01" * 5000)
     signed = tmp_path / "app.signed.bin"
-    assert cloudserver(["sign", "--key", str(key), "--version", "1.4.0+2", "--slot", "application", str(body), str(signed)]) == 0
+    assert (
+        cloudserver(
+            [
+                "sign",
+                "--key",
+                str(key),
+                "--version",
+                "1.4.0+2",
+                "--slot",
+                "application",
+                str(body),
+                str(signed),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert orchestrator(["image-info", str(signed), "--key", str(key)]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -68,23 +86,42 @@ def test_errors_are_one_line_naming_the_problem(tmp_path: Path, capsys: pytest.C
     assert "unreadable key" in capsys.readouterr().err
     big = tmp_path / "big.bin"
     big.write_bytes(bytes(0x30000))
-    assert cloudserver(["sign", "--key", str(key), "--version", "1", "--slot", "bootloader", str(big), str(tmp_path / "o")]) == 2
+    assert (
+        cloudserver(
+            [
+                "sign",
+                "--key",
+                str(key),
+                "--version",
+                "1",
+                "--slot",
+                "bootloader",
+                str(big),
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "slot bootloader holds" in capsys.readouterr().err
 
 
 def test_public_key_files_and_wrong_curves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
     key = ec.generate_private_key(ec.SECP256R1())
     public = tmp_path / "pub.pem"
     public.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     assert orchestrator(["otp-words", "--key", str(public), "--purpose", "application"]) == 0
     p384 = tmp_path / "p384.pem"
-    p384.write_bytes(ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    p384.write_bytes(
+        ec.generate_private_key(ec.SECP384R1())
+        .public_key()
+        .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
     assert orchestrator(["otp-words", "--key", str(p384), "--purpose", "application"]) == 2
     ed = tmp_path / "ed.pem"
-    ed.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    ed.write_bytes(
+        ed25519.Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    )
     assert orchestrator(["otp-words", "--key", str(ed), "--purpose", "application"]) == 2
     assert "a P-256 private key" in capsys.readouterr().err
 
@@ -98,11 +135,15 @@ def test_profile_is_printed_as_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_walkthrough_makes_images_imgtool_accepts(tmp_path: Path) -> None:
-    from orchestrator.walkthrough import main as walkthrough
-
     assert walkthrough([str(tmp_path)]) == 0
     result = subprocess.run(
-        [venv_tool("imgtool"), "verify", "-k", str(tmp_path / "app-key.pem"), str(tmp_path / "application.signed.bin")],
+        [
+            venv_tool("imgtool"),
+            "verify",
+            "-k",
+            str(tmp_path / "app-key.pem"),
+            str(tmp_path / "application.signed.bin"),
+        ],
         capture_output=True,
         text=True,
         check=False,

@@ -308,7 +308,9 @@ class DeviceId:
     @classmethod
     def from_payload(cls, data: bytes) -> DeviceId:
         words = _words(data, 10, "GET_ID reply")
-        return cls(words[0], (words[1], words[2], words[3]), (words[4], words[5], words[6], words[7]), words[8])
+        return cls(
+            words[0], (words[1], words[2], words[3]), (words[4], words[5], words[6], words[7]), words[8]
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ _TAIL = struct.Struct("<II")
 class SessionCipher:
     """AES-256-CFB128 of one packet's 48 data bytes, restarted at the session IV for each packet."""
 
-    __slots__ = ("_key", "_iv")
+    __slots__ = ("_iv", "_key")
 
     def __init__(self, key: bytes, iv: bytes) -> None:
         if len(key) != 32:

@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.hashes import SHA256
@@ -42,6 +42,7 @@ from nuwire.secureisp.packet import DATA_SIZE, Packet, SessionCipher, decode, en
 from nuwire.secureisp.states import KEY_EXCHANGE, KEY_EXCHANGE_PHASES, Phase, Role, next_phase
 
 KeyFactory = Callable[[], ec.EllipticCurvePrivateKey]
+T = TypeVar("T")
 HKDF_INFO = b"nuprov SecureISP session key v1"
 
 
@@ -50,11 +51,20 @@ class Kdf(Enum):
     HKDF_SHA256 = "hkdf-sha256"
 
 
+def _present(value: T | None, what: str) -> T:
+    """``value``, which the session table guarantees at this point; TransitionError otherwise."""
+    if value is None:
+        raise TransitionError(what, "present", "missing")
+    return value
+
+
 def new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def session_cipher(private: ec.EllipticCurvePrivateKey, peer: ec.EllipticCurvePublicKey, iv: bytes, kdf: Kdf) -> SessionCipher:
+def session_cipher(
+    private: ec.EllipticCurvePrivateKey, peer: ec.EllipticCurvePublicKey, iv: bytes, kdf: Kdf
+) -> SessionCipher:
     secret = private.exchange(ec.ECDH(), peer)
     if kdf is Kdf.HKDF_SHA256:
         secret = HKDF(SHA256(), 32, salt=iv, info=HKDF_INFO).derive(secret)
@@ -188,7 +198,9 @@ class HostSession:
             half = slice(0, 32) if command is Command.ECDH_GET_PUB0 else slice(32, 64)
             if reply.payload != self._target_static[half]:
                 self._fail()
-                raise ProtocolError(f"{command.name} target static key", self._target_static[half], reply.payload)
+                raise ProtocolError(
+                    f"{command.name} target static key", self._target_static[half], reply.payload
+                )
         elif command is Command.ECDH_GET_RAND_PUB0:
             self._target_random_x = _coordinate(reply.payload, command)
         elif command is Command.ECDH_GET_RAND_PUB1:
@@ -198,8 +210,8 @@ class HostSession:
             except ProtocolError:
                 self._fail()
                 raise
-            assert self._random is not None
-            self._cipher = session_cipher(self._random, peer, self._iv, self._kdf)
+            random_key = _present(self._random, "host random key")
+            self._cipher = session_cipher(random_key, peer, self._iv, self._kdf)
             self._random = None
 
     def _fail(self) -> None:
@@ -208,8 +220,7 @@ class HostSession:
         self._random = None
 
     def _random_raw(self) -> bytes:
-        assert self._random is not None
-        return raw_public_key(self._random.public_key())
+        return raw_public_key(_present(self._random, "host random key").public_key())
 
     def _send(self, command: int, packet_id: int, data: bytes, plaintext: bool = False) -> bytes:
         if command != Command.RESYNC:
@@ -320,7 +331,7 @@ class TargetSession:
         if command == Command.RESYNC:
             self._n.resyncs += 1
             self._restart()
-            return self._answer(command, 0, Status.OK, b"", None, cipher=None)
+            return self._answer(command, 0, Status.OK, cipher=None)
         last = self._n.last
         if last is not None and last[0] == raw:
             self._n.duplicates += 1
@@ -330,22 +341,22 @@ class TargetSession:
         except ProtocolError:
             self._n.malformed += 1
             packet_id = int.from_bytes(raw[4:6], "little")
-            return self._answer(command, packet_id, Status.ERR_CMD_CHECKSUM, b"", None, cipher=self._cipher)
+            return self._answer(command, packet_id, Status.ERR_CMD_CHECKSUM, cipher=self._cipher)
         after = next_phase(self.role, self.phase, packet.command)
         if after is None:
             status = Status.ERR_CMD_CONNECT if self.phase is Phase.IDLE else Status.ERR_CMD_INVALID
-            return self._done(raw, packet, status, b"", None, None)
+            return self._done(raw, packet, status)
         if packet.command in _ECDH_COMMANDS or packet.command in (Command.CONNECT, Command.DISCONNECT):
             status, payload = self._session_command(Command(packet.command), packet.data)
-            return self._done(raw, packet, status, payload, None, after)
+            return self._done(raw, packet, status, payload, after=after)
         try:
             request = self._request(packet)
         except ProtocolError:
-            return self._done(raw, packet, Status.ERR_PARAMETER, b"", None, None)
+            return self._done(raw, packet, Status.ERR_PARAMETER)
         outcome = self._window_check(request) or self._backend.handle(request)
         if outcome.status == Status.OK and isinstance(request, SetMassWrite | DlBegin):
             self._window = (request.address, request.size if isinstance(request, DlBegin) else request.length)
-        return self._done(raw, packet, outcome.status, outcome.payload, request, after)
+        return self._done(raw, packet, outcome.status, outcome.payload, request=request, after=after)
 
     def _request(self, packet: Packet) -> Request:
         request = REQUESTS[Command(packet.command)].from_payload(packet.data)
@@ -384,10 +395,10 @@ class TargetSession:
         if command is Command.ECDH_GET_PUB1:
             return Status.OK, raw_public_key(self._static.public_key())[32:]
         if command is Command.ECDH_GET_RAND_PUB0:
-            assert self._host_key is not None
+            host_key = _present(self._host_key, "host random key")
             mine = self._random_key()
             self._random_raw = raw_public_key(mine.public_key())
-            self._next_cipher = session_cipher(mine, self._host_key, self._iv, self._kdf)
+            self._next_cipher = session_cipher(mine, host_key, self._iv, self._kdf)
             return Status.OK, self._random_raw[:32]
         return Status.OK, self._random_raw[32:]  # ECDH_GET_RAND_PUB1
 
@@ -408,18 +419,21 @@ class TargetSession:
         raw: bytes,
         packet: Packet,
         status: Status,
-        payload: bytes,
-        request: Request | None,
-        after: Phase | None,
+        payload: bytes = b"",
+        *,
+        request: Request | None = None,
+        after: Phase | None = None,
     ) -> Handled:
-        handled = self._answer(packet.command, packet.packet_id, status, payload, request, self._cipher)
+        handled = self._answer(
+            packet.command, packet.packet_id, status, payload, request=request, cipher=self._cipher
+        )
         if status != Status.OK:
             self._n.refused += 1
             if after is not None and self.phase in KEY_EXCHANGE_PHASES:
                 self._restart()
                 self.phase = Phase.FAILED
         else:
-            assert after is not None, "an OK answer always comes from a legal command"
+            after = _present(after, "phase after an OK answer")
             if packet.command in (Command.ECDH_PUB1, Command.ECDH_GET_RAND_PUB1):
                 self._cipher, self._next_cipher = self._next_cipher, None
             self.phase = after
@@ -433,8 +447,9 @@ class TargetSession:
         command: int,
         packet_id: int,
         status: Status,
-        payload: bytes,
-        request: Request | None,
+        payload: bytes = b"",
+        *,
+        request: Request | None = None,
         cipher: SessionCipher | None,
     ) -> Handled:
         data = Reply(command, packet_id, status, payload).to_data()

@@ -61,7 +61,15 @@ def test_ecdh_agrees_with_openssl(tmp_path: Path) -> None:
         target.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     )
     derived = subprocess.run(
-        [openssl, "pkeyutl", "-derive", "-inkey", str(tmp_path / "host.pem"), "-peerkey", str(tmp_path / "target.pub")],
+        [
+            openssl,
+            "pkeyutl",
+            "-derive",
+            "-inkey",
+            str(tmp_path / "host.pem"),
+            "-peerkey",
+            str(tmp_path / "target.pub"),
+        ],
         check=True,
         capture_output=True,
     ).stdout
