@@ -46,6 +46,7 @@ class Status(IntEnum):
     ERR_DL_FORMAT = 0x43
     ERR_DL_KEY = 0x44
     ERR_DL_SIGNATURE = 0x45
+    ERR_NO_BOOTLOADER = 0x46
     ERR_PARAMETER = 0x53
     ERR_TIMEOUT = 0x6F
     ERR_DH_ARGUMENT = 0x75
@@ -68,6 +69,7 @@ STATUS_MEANING: dict[Status, str] = {
     Status.ERR_DL_FORMAT: "the written image is not a well-formed MCUboot image",
     Status.ERR_DL_KEY: "the image's public key does not hash to the OTP entries",
     Status.ERR_DL_SIGNATURE: "the image's SHA-256 TLV or ECDSA signature does not verify",
+    Status.ERR_NO_BOOTLOADER: "no bootloader verified at the last reset: the ROM stays in ISP",
     Status.ERR_PARAMETER: "malformed command data",
     Status.ERR_TIMEOUT: "timeout",
     Status.ERR_DH_ARGUMENT: "ECDH argument out of order",

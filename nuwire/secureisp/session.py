@@ -371,7 +371,7 @@ class TargetSession:
         if self._window is None:
             return Outcome(Status.ERR_CMD_INVALID)
         start, length = self._window
-        if request.address + len(request.data) > start + length:
+        if request.address + len(request.data) > start + -(-length // 4) * 4:  # last word padded
             return Outcome(Status.ERR_OVER_RANGE)
         return None
 
