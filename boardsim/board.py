@@ -55,6 +55,8 @@ class Board:
     clock: Callable[[], float] = time.monotonic
     on_change: Callable[[Board, str], None] | None = None
     """Told which file of the board's state changed: otp, aprom, ldrom, dataflash or state."""
+    on_reset: Callable[[], None] | None = None
+    """Told after every reset (the debug model resets the core)."""
 
     def __post_init__(self) -> None:
         p = self.profile
@@ -363,6 +365,8 @@ class Board:
         self.bootloader_valid, reason = self._check_bootloader()
         self.booted = "rom"
         self.event("rom", "isp", reason, cause=why, debug_locked=self.debug_locked)
+        if self.on_reset is not None:
+            self.on_reset()
 
     def bootloader_key(self) -> bytes | None:
         entries = [self.otp_entry(n) for n in self.profile.otp.bootloader_key]
