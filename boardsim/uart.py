@@ -58,7 +58,9 @@ class UartStatistics:
 class UartPort:
     """One station's serial device. ``isp`` gives what answers on it now (None: no board)."""
 
-    def __init__(self, link: Path, baud: int, isp: Callable[[], BoardIsp | None], faults: UartFaults | None = None) -> None:
+    def __init__(
+        self, link: Path, baud: int, isp: Callable[[], BoardIsp | None], faults: UartFaults | None = None
+    ) -> None:
         self._master, slave = os.openpty()
         tty.setraw(slave)
         self._slave = slave  # kept open so the device persists while stations come and go

@@ -65,7 +65,9 @@ def test_uid_otp_flash_reset_and_lock_through_pyocd(rig: Rig, tmp_path: Path) ->
         # The bootloader, with pyOCD's own flash loader and the built-in algorithm.
         image = tmp_path / "bootloader.bin"
         image.write_bytes(signed(os.urandom(6000), keys.boot, "bootloader", full=False))
-        FileProgrammer(session).program(str(image), base_address=M2354.bootloader_slot.base, file_format="bin")
+        FileProgrammer(session).program(
+            str(image), base_address=M2354.bootloader_slot.base, file_format="bin"
+        )
         assert rig.board.slot_bytes("bootloader")[: image.stat().st_size] == image.read_bytes()
 
         target.reset_and_halt()

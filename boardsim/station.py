@@ -1,0 +1,186 @@
+"""One station of the simulated line: a probe, a serial device, a fixture and a virtual operator.
+
+The fixture holds at most one board. The operator takes the next board from the station's queue,
+inserts it (power-on reset), and removes it once it has booted its application, or after it has seen
+no traffic for ``idle_removal_s``; the next one goes in after ``handling_delay_s``. Boards can also be
+inserted and removed on command. With no board in the fixture the probe gets No-ACK and the UART
+stays silent, as with an empty socket on a real line.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import anyio
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from boardsim.board import Board, Timing
+from boardsim.cortex import Core, FlashAlgorithm
+from boardsim.dap import DapProbe, SwdPort
+from boardsim.isp import BoardIsp, IspKeys
+from boardsim.probe_server import LinkTiming, ProbeServer
+from boardsim.state import StateStore
+from boardsim.uart import UartFaults, UartPort
+from nuwire import mcuboot
+from nuwire.ids import encode_obj_id_record
+from nuwire.keys import raw_public_key
+from nuwire.profiles import TargetProfile
+
+BoardKind = Literal["blank", "objid", "foreign-key", "half"]
+BOARD_KINDS: tuple[str, ...] = ("blank", "objid", "foreign-key", "half")
+
+
+@dataclass
+class OperatorSettings:
+    handling_delay_s: float = 0.5
+    removal_delay_s: float = 0.2
+    idle_removal_s: float = 60.0
+
+
+@dataclass
+class StationFaults:
+    """Faults of one station, settable at start and while running."""
+
+    unplugged: bool = False
+    swd_fault_rate: float = 0.0
+    uart: UartFaults = field(default_factory=UartFaults)
+
+    def update(self, values: dict[str, object]) -> None:
+        uart_names = {"uart_loss_rate": "loss_rate", "uart_corrupt_rate": "corrupt_rate",
+                      "brownout_at_byte": "brownout_at_byte", "brownout_at_command": "brownout_at_command",
+                      "slow_factor": "slow_factor"}  # fmt: skip
+        for name, value in values.items():
+            if name in uart_names:
+                setattr(self.uart, uart_names[name], value)
+            elif name in ("unplugged", "swd_fault_rate"):
+                setattr(self, name, value)
+            else:
+                raise ValueError(
+                    f"unknown fault {name!r}: use unplugged, swd_fault_rate or {', '.join(uart_names)}"
+                )
+
+
+def make_board(profile: TargetProfile, station: int, number: int, kind: str, timing: Timing) -> Board:
+    """A board as it comes to the line: blank, or with an OBJ_ID, a foreign key, or half done."""
+    uid = (0x53494D00 | station & 0xFF, number, int.from_bytes(os.urandom(4), "little"))
+    board = Board(profile, uid, ucid=(station, number, 0x4E55564F, 0x544F4E00), timing=timing)
+    if kind == "objid":
+        record = encode_obj_id_record(os.urandom(16))
+        start = profile.objid_record - profile.data_flash.base
+        board.data_flash[start : start + len(record)] = record
+    elif kind in ("foreign-key", "half"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        for entry, (low, high) in profile.bootloader_key_entries(raw_public_key(key.public_key())).items():
+            board.otp[8 * entry : 8 * entry + 8] = low.to_bytes(4, "little") + high.to_bytes(4, "little")
+        if kind == "half":
+            image = mcuboot.build(
+                os.urandom(4096),
+                signer=mcuboot.private_key_signer(key),
+                public_key=key.public_key(),
+                version=mcuboot.Version(1),
+                header_size=profile.bootloader_slot.header_size,
+                load_addr=profile.bootloader_slot.base,
+            )
+            base = profile.bootloader_slot.base
+            board.aprom[base : base + len(image)] = image
+    elif kind != "blank":
+        raise ValueError(f"unknown board kind {kind!r}: one of {', '.join(BOARD_KINDS)}")
+    return board
+
+
+class Station:
+    def __init__(
+        self,
+        index: int,
+        profile: TargetProfile,
+        state: StateStore,
+        keys: IspKeys,
+        *,
+        probe_dir: Path,
+        uart_dir: Path,
+        baud: int,
+        algorithms: tuple[FlashAlgorithm, ...],
+        timing: Timing,
+        link_timing: LinkTiming,
+        operator: OperatorSettings,
+        faults: StationFaults,
+    ) -> None:
+        self.index = index
+        self.name = f"station-{index:02d}"
+        self.serial = f"NULINK3-SIM-{index:02d}"
+        self.profile = profile
+        self.state = state
+        self.keys = keys
+        self.algorithms = algorithms
+        self.timing = timing
+        self.operator = operator
+        self.faults = faults
+        self.queue: deque[Board] = deque()
+        self.board: Board | None = None
+        self.isp: BoardIsp | None = None
+        self.done: list[str] = []
+        self.probe = DapProbe(
+            self.serial, SwdPort(fault_rate=faults.swd_fault_rate, rng=random.Random(index))
+        )
+        self.probe_server = ProbeServer(self.probe, probe_dir / f"{self.serial}.sock", link_timing)
+        self.uart = UartPort(uart_dir / self.name, baud, lambda: self.isp, faults.uart)
+        self._inserted_at = 0.0
+        self._seen = (0, 0)
+        self._last_traffic = 0.0
+
+    def __repr__(self) -> str:
+        return f"<Station {self.name} board={self.board!r} queued={len(self.queue)} done={len(self.done)}>"
+
+    def apply_faults(self) -> None:
+        self.probe.port.fault_rate = self.faults.swd_fault_rate
+        self.uart.faults = self.faults.uart
+
+    def enqueue(self, count: int, kind: str = "blank") -> None:
+        for _ in range(count):
+            number = len(self.queue) + len(self.done) + (self.board is not None) + 1
+            self.queue.append(make_board(self.profile, self.index, number, kind, self.timing))
+
+    def insert(self, board: Board) -> None:
+        self.remove()
+        self.state.attach(board)
+        core = Core(board, self.algorithms)
+        board.reset("inserted (power on)")
+        self.board, self.isp = board, BoardIsp(board, self.keys)
+        self.probe.port.attach(board, core)
+        self.uart.bytes_since_insert = 0
+        self._inserted_at = self._last_traffic = anyio.current_time()
+
+    def remove(self) -> None:
+        if self.board is None:
+            return
+        self.board.event("operator", "removed", f"booted {self.board.booted}")
+        self.state.flush()
+        self.done.append(self.board.uid_text)
+        self.board = self.isp = None
+        self.probe.port.attach(None, None)
+
+    async def run_operator(self) -> None:
+        while True:
+            if self.board is None:
+                if not self.queue:
+                    await anyio.sleep(0.05)
+                    continue
+                await anyio.sleep(self.operator.handling_delay_s)
+                self.insert(self.queue.popleft())
+                continue
+            now = anyio.current_time()
+            seen = (self.probe_server.packets, self.uart.stats.bytes_in)
+            if seen != self._seen:
+                self._seen, self._last_traffic = seen, now
+            if self.board.booted == "application":
+                await anyio.sleep(self.operator.removal_delay_s)
+                self.remove()
+            elif now - self._last_traffic > self.operator.idle_removal_s:
+                self.remove()
+            else:
+                await anyio.sleep(0.05)
