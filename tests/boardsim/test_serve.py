@@ -1,0 +1,146 @@
+"""`boardsim serve` as a process: pyOCD's command line against it, 16 stations at once, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import pytest
+
+from tests.boardsim.station_driver import provision
+from tests.conftest import venv_tool
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[bytes]
+    state: Path
+    env: dict[str, str]
+
+    def description(self) -> dict[str, object]:
+        loaded: dict[str, object] = json.loads((self.state / "serve.json").read_text())
+        return loaded
+
+    def board_states(self) -> list[dict[str, object]]:
+        return [json.loads(path.read_text()) for path in sorted(self.state.glob("*/state.json"))]
+
+
+def start(tmp_path: Path, *args: str) -> Served:
+    env = dict(os.environ, BOARDSIM_PROBES=str(tmp_path / "probes"))
+    state = tmp_path / "state"
+    process = subprocess.Popen(
+        [venv_tool("boardsim"), "serve", "--state-dir", str(state), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while not (state / "serve.json").exists():
+        assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+        assert time.monotonic() < deadline, "boardsim serve did not start in 60 s"
+        time.sleep(0.1)
+    return Served(process, state, env)
+
+
+def stop(served: Served) -> int:
+    served.process.send_signal(signal.SIGTERM)
+    return served.process.wait(timeout=30)
+
+
+@pytest.fixture
+def two_stations(tmp_path: Path) -> Iterator[Served]:
+    served = start(tmp_path, "--stations", "2", "--write-stations", str(tmp_path / "stations.yaml"))
+    yield served
+    if served.process.poll() is None:
+        stop(served)
+
+
+def pyocd(served: Served, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [venv_tool("pyocd"), *args], env=served.env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_pyocd_command_line_works_against_serve(two_stations: Served, tmp_path: Path) -> None:
+    listed = pyocd(two_stations, "list")
+    assert "NULINK3-SIM-01" in listed.stdout
+    assert "NULINK3-SIM-02" in listed.stdout
+    read = pyocd(
+        two_stations,
+        "commander",
+        "-u",
+        "boardsim:NULINK3-SIM-01",
+        "-t",
+        "m2354kjfae",
+        "-c",
+        "read32 0x40000000",
+    )
+    assert "a1735440" in read.stdout, read.stdout + read.stderr
+    firmware = tmp_path / "fw.bin"
+    firmware.write_bytes(os.urandom(3000))
+    loaded = pyocd(
+        two_stations, "load", "-u", "boardsim:NULINK3-SIM-02", "-t", "m2354kjfae",
+        str(firmware), "--base-address", "0x20000", "--format", "bin",
+    )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr
+    station_two = next(s for s in two_stations.board_states() if str(s["uid"]).startswith("53494D02"))
+    aprom = (two_stations.state / str(station_two["uid"]) / "aprom.bin").read_bytes()
+    assert aprom[0x20000 : 0x20000 + 3000] == firmware.read_bytes()
+    stations_yaml = (tmp_path / "stations.yaml").read_text()
+    assert 'probe: "boardsim:NULINK3-SIM-01"' in stations_yaml
+    assert "rom_public_key:" in stations_yaml
+    assert stop(two_stations) == 0
+    assert not list((tmp_path / "probes").glob("*.sock"))
+
+
+def test_sixteen_stations_provision_concurrently_with_the_time_model(tmp_path: Path) -> None:
+    served = start(tmp_path, "--stations", "16", "--baud", "460800")
+    try:
+        description = served.description()
+        keys = description["secureisp"]
+        assert isinstance(keys, dict)
+        stations = description["stations"]
+        assert isinstance(stations, list)
+        os.environ["BOARDSIM_PROBES"] = served.env["BOARDSIM_PROBES"]
+        with ProcessPoolExecutor(max_workers=16, mp_context=get_context("spawn")) as pool:
+            jobs = [
+                pool.submit(
+                    provision, s["probe"], s["uart"], s["baud"], keys, str(tmp_path / s["name"]), 2048
+                )
+                for s in stations
+            ]
+            results = [job.result(timeout=600) for job in jobs]
+        assert [r["outcome"] for r in results] == ["application"] * 16
+        time.sleep(0.3)
+        states = {str(s["uid"]): s for s in served.board_states()}
+        for result in results:
+            state = states[result["uid"]]
+            assert state["booted"] == "application"
+            assert state["debug_locked"] is True
+            counts = state["otp_program_counts"]
+            assert isinstance(counts, list)
+            assert counts[:24] == [1] * 24  # every key word programmed exactly once
+    finally:
+        os.environ.pop("BOARDSIM_PROBES", None)
+        assert stop(served) == 0
+
+
+def test_serve_rejects_a_bad_faults_file(tmp_path: Path) -> None:
+    faults = tmp_path / "faults.yaml"
+    faults.write_text("- not a mapping\n")
+    result = subprocess.run(
+        [venv_tool("boardsim"), "serve", "--stations", "1", "--state-dir", str(tmp_path), "--faults", str(faults)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "faults.yaml" in result.stderr
+    assert sys.executable
