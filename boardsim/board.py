@@ -76,6 +76,7 @@ class Board:
         self._unlock_step = 0
         self.fmc = dict.fromkeys(FMC_REGISTERS, 0)
         self.busy_until = 0.0
+        self.resets = 0
 
     def __repr__(self) -> str:
         return f"<Board {self.uid_text} booted={self.booted} locked={self.debug_locked}>"
@@ -358,6 +359,7 @@ class Board:
         after every reset; the bootloader runs when a station asks for it (REBOOT_TO_BOOTLOADER)
         and only if it verified at this reset.
         """
+        self.resets += 1
         self.unlocked, self._unlock_step = False, 0
         self.fmc = dict.fromkeys(self.fmc, 0)
         self.sram[:] = bytes(len(self.sram))

@@ -203,6 +203,7 @@ class BoardIsp:
         self._session: TargetSession | None = None
         self._backend: RomBackend | BootloaderBackend | None = None
         self._running = "none"
+        self._resets = -1
         self.sync()
 
     def __repr__(self) -> str:
@@ -214,9 +215,9 @@ class BoardIsp:
 
     def sync(self) -> None:
         """Start the session of whatever the board now runs (after a reset or a jump)."""
-        if self.board.booted == self._running:
+        if (self.board.booted, self.board.resets) == (self._running, self._resets):
             return
-        self._running = self.board.booted
+        self._running, self._resets = self.board.booted, self.board.resets
         if self._running == "rom":
             self._backend = RomBackend(self.board)
             key, role = self.keys.rom, Role.ROM

@@ -33,8 +33,9 @@ from nuwire.profiles import profile
 
 # Figures for a NuLink3 on USB 2.0 high speed and an M2354 (estimates, not confirmed against the
 # datasheet; each is a setting): a CMSIS-DAP bulk round trip of 0.25 ms, flash page erase 10 ms,
-# word program 40 us, a P-256 ECDH on the target's crypto engine 30 ms.
-REAL_TIMING = Timing(page_erase=0.010, word_program=0.000_040, ecdh=0.030, aes_packet=0.0)
+# word program 40 us, a P-256 ECDH on the target's crypto engine 30 ms, and 0.2 ms to check, decrypt
+# and answer one SecureISP packet.
+REAL_TIMING = Timing(page_erase=0.010, word_program=0.000_040, ecdh=0.030, aes_packet=0.000_2)
 REAL_LINK = LinkTiming(usb_round_trip=0.000_25)
 
 
@@ -65,6 +66,7 @@ class Simulator:
         self.stations = []
         for index in range(1, settings.stations + 1):
             faults = StationFaults()
+            faults.uart.rng.seed(index)  # the same faults on the same station, run after run
             faults.update(dict(settings.faults.get(f"station-{index:02d}", {})))
             station = Station(
                 index,

@@ -133,7 +133,7 @@ class UartPort:
         if handled is None:
             return
         self.stats.packets += 1
-        work = max(0.0, board.busy_until - board.clock()) * faults.slow_factor
+        work = (max(0.0, board.busy_until - board.clock()) + board.timing.aes_packet) * faults.slow_factor
         wire = 2 * PACKET_SIZE * self.byte_time()
         remaining = started + wire + work - anyio.current_time()
         if remaining > 0:

@@ -1,0 +1,168 @@
+"""Each fault, and what the station side observes: the errors a real probe or serial port gives."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import serial
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from boardsim.serve import ServeSettings, Simulator
+from boardsim.station import OperatorSettings
+from nuwire.errors import ProtocolError
+from nuwire.keys import public_key_from_raw
+from nuwire.secureisp import messages as m
+from nuwire.secureisp.commands import Command
+from nuwire.secureisp.packet import PACKET_SIZE
+from nuwire.secureisp.session import HostSession
+from nuwire.secureisp.states import Role
+from tests.boardsim.station_driver import SerialHost
+
+
+@dataclass
+class Live:
+    simulator: Simulator
+    portal: BlockingPortal
+    workdir: Path
+
+    def command(self, request: dict[str, Any]) -> None:
+        assert self.portal.call(self.simulator.command, request) == {"ok": True}
+
+    def faults(self, **values: object) -> None:
+        self.command({"op": "faults", "station": "station-01", "set": values})
+
+    def session(self) -> Any:
+        from pyocd.core.helpers import ConnectHelper  # noqa: PLC0415  # slow import, only here
+
+        return ConnectHelper.session_with_chosen_probe(
+            unique_id="boardsim:NULINK3-SIM-01", target_override="m2354kjfae", blocking=False,
+            options={"project_dir": str(self.workdir), "no_config": True},
+        )  # fmt: skip
+
+    def rom_host(self) -> HostSession:
+        keys = self.simulator.describe()["secureisp"]
+        return HostSession(
+            Role.ROM,
+            ec.generate_private_key(ec.SECP256R1()),
+            public_key_from_raw(bytes.fromhex(keys["rom_public_key"])),
+        )
+
+    def uart(self) -> serial.Serial:
+        return serial.Serial(str(self.simulator.stations[0].uart.link), 460_800, timeout=0.3)
+
+
+def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, timing: bool) -> Iterator[Live]:
+    monkeypatch.setenv("BOARDSIM_PROBES", str(tmp_path / "probes"))
+    settings = ServeSettings(
+        stations=1, state_dir=tmp_path / "state", baud=460_800, timing=timing,
+        operator=OperatorSettings(handling_delay_s=0.0),
+    )  # fmt: skip
+    simulator = Simulator(settings)
+    with start_blocking_portal() as portal:
+        portal.start_task_soon(simulator.run)
+        deadline = time.monotonic() + 10
+        while simulator.stations[0].board is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        yield Live(simulator, portal, tmp_path)
+        portal.call(portal.stop, True)
+
+
+@pytest.fixture
+def line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Live]:
+    yield from live(tmp_path, monkeypatch, timing=False)
+
+
+@pytest.fixture
+def timed_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Live]:
+    yield from live(tmp_path, monkeypatch, timing=True)
+
+
+def test_unplugged_probe_gives_probe_error_and_a_replug_works(line: Live) -> None:
+    from pyocd.core.exceptions import ProbeError  # noqa: PLC0415
+
+    session = line.session()
+    session.open()
+    assert session.target.read32(0x40000000) == 0xA1735440
+    line.faults(unplugged=True)
+    with pytest.raises(ProbeError, match="unplugged"):
+        session.target.read32(0x40000000)
+    with contextlib.suppress(Exception):
+        session.close()
+    with pytest.raises(ProbeError):
+        line.session().open()
+    line.faults(unplugged=False)
+    with line.session() as again:
+        assert again.target.read32(0x40000000) == 0xA1735440
+
+
+def test_swd_faults_give_transfer_fault_errors(line: Live) -> None:
+    from pyocd.core.exceptions import TransferFaultError  # noqa: PLC0415
+
+    with line.session() as session:
+        line.faults(swd_fault_rate=1.0)
+        with pytest.raises(TransferFaultError):
+            session.target.read32(0x20000000)
+        line.faults(swd_fault_rate=0.0)
+        session.target.write32(0x20000000, 0x12345678)  # pyOCD clears the sticky error itself
+        assert session.target.read32(0x20000000) == 0x12345678
+
+
+def test_uart_loss_gives_read_timeouts_and_corruption_gives_crc_errors(line: Live) -> None:
+    rom = line.rom_host()
+    with line.uart() as device:
+        line.faults(uart_loss_rate=1.0)
+        device.write(rom.connect())
+        assert device.read(PACKET_SIZE) == b""  # a serial port that hears nothing: a timeout
+        line.faults(uart_loss_rate=0.0, uart_corrupt_rate=1.0)
+        time.sleep(0.1)
+        device.reset_input_buffer()
+        device.write(rom.resend())
+        answer = device.read(PACKET_SIZE)
+        with pytest.raises(ProtocolError, match="crc32"):
+            rom.receive(answer)
+        line.faults(uart_corrupt_rate=0.0)
+        SerialHost(device).open_session(line.rom_host())
+
+
+def test_brownout_mid_command_loses_the_session(line: Live) -> None:
+    rom = line.rom_host()
+    with line.uart() as device:
+        host = SerialHost(device)
+        host.open_session(rom)
+        line.faults(brownout_at_command=int(Command.GET_ID))
+        device.write(rom.send(m.GetId()))
+        assert device.read(PACKET_SIZE) == b""  # the board reset instead of answering
+        device.write(rom.resend())
+        with pytest.raises(ProtocolError):  # the reset board has no session key: nothing decodes
+            rom.receive(device.read(PACKET_SIZE))
+        fresh = line.rom_host()
+        host.open_session(fresh)  # RESYNC and a new handshake recover
+        assert host.exchange(fresh, fresh.send(m.GetId())).ok
+    events = line.simulator.stations[0].board.events  # type: ignore[union-attr]
+    assert any(event["cause"] == "brown-out" for event in events if "cause" in event)
+
+
+def _exchange_time(line: Live, count: int, slow_factor: float) -> float:
+    rom = line.rom_host()
+    with line.uart() as device:
+        host = SerialHost(device)
+        host.open_session(rom)
+        line.faults(slow_factor=slow_factor)
+        started = time.monotonic()
+        for _ in range(count):
+            assert host.exchange(rom, rom.send(m.GetVersion())).ok
+        return time.monotonic() - started
+
+
+def test_slow_target_answers_later(timed_line: Live) -> None:
+    normal = _exchange_time(timed_line, 10, 1.0)
+    slow = _exchange_time(timed_line, 10, 40.0)
+    assert slow > normal + 10 * 0.0002 * 30  # each answer waits for 40x the target's own time
