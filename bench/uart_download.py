@@ -58,7 +58,9 @@ def exchange(device: serial.Serial, session: HostSession, raw: bytes) -> m.Reply
 
 def run(baud: int, app_size: int) -> dict[str, object]:
     app_key, station = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    keys = IspKeys(rom=ec.generate_private_key(ec.SECP256R1()), bootloader=ec.generate_private_key(ec.SECP256R1()))
+    keys = IspKeys(
+        rom=ec.generate_private_key(ec.SECP256R1()), bootloader=ec.generate_private_key(ec.SECP256R1())
+    )
     image = mcuboot.build(
         os.urandom(app_size), signer=mcuboot.private_key_signer(app_key), public_key=app_key.public_key(),
         version=mcuboot.Version(1), key_format=mcuboot.KeyFormat.FULL,
@@ -78,20 +80,32 @@ def run(baud: int, app_size: int) -> dict[str, object]:
                 exchange(device, session, session.key_exchange())
             handshake = time.monotonic() - started
             slot = M2354.application_slot
-            exchange(device, session, session.send(m.DlBegin(slot.base, len(image), hashlib.sha256(image).digest())))
+            exchange(
+                device,
+                session,
+                session.send(m.DlBegin(slot.base, len(image), hashlib.sha256(image).digest())),
+            )
             for offset in range(0, len(padded), 48):
-                exchange(device, session, session.send(m.MassWrite(offset // 48, padded[offset : offset + 48])))
+                exchange(
+                    device, session, session.send(m.MassWrite(offset // 48, padded[offset : offset + 48]))
+                )
             finished = exchange(device, session, session.send(m.DlFinish()))
             measured = time.monotonic() - started
         portal.call(portal.stop, True)
         port.close()
-    assert finished.ok, finished
+    if not finished.ok:
+        raise SystemExit(f"download refused: {finished.status}")
     chunks = len(padded) // 48 + (len(padded) % 48 > 0)
     packets = 9 + 2 + chunks  # handshake, DL_BEGIN and DL_FINISH, MASS_WRITEs
     t = REAL_TIMING
     wire = 2 * PACKET_SIZE * 10 / baud
     pages = -(-len(image) // M2354.aprom.page_size)
-    model = packets * (wire + t.aes_packet) + 2 * t.ecdh + pages * t.page_erase + len(padded) // 4 * t.word_program
+    model = (
+        packets * (wire + t.aes_packet)
+        + 2 * t.ecdh
+        + pages * t.page_erase
+        + len(padded) // 4 * t.word_program
+    )
     return {
         "benchmark": "uart_download",
         "baud": baud,
@@ -107,7 +121,9 @@ def run(baud: int, app_size: int) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--baud", type=int, default=115_200)
     parser.add_argument("--app-size", type=int, default=16_384)
     args = parser.parse_args()

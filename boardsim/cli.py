@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import socket
 import sys
 from collections.abc import Sequence
-
-import socket
 from pathlib import Path
 
 import anyio

@@ -67,11 +67,13 @@ class FlashAlgorithm:
     @classmethod
     def from_pyocd(cls, algo: dict[str, object]) -> FlashAlgorithm:
         words = algo["instructions"]
-        assert isinstance(words, list)
+        if not isinstance(words, list):
+            raise TypeError("flash algorithm without an instruction list")
 
         def entry(name: str) -> int:
             value = algo[name]
-            assert isinstance(value, int)
+            if not isinstance(value, int):
+                raise TypeError(f"flash algorithm field {name} is not an address")
             return value & ~1
 
         return cls(

@@ -164,13 +164,15 @@ class SwdPort:
         return result
 
     def _bus_read(self, address: int) -> int:
-        assert self.board is not None
+        if self.board is None:
+            raise BusFault("no board in the fixture")
         if address >= 0xE0000000 and self.core is not None:
             return self.core.read32(address)
         return self.board.read32(address)
 
     def _bus_write(self, address: int, value: int) -> None:
-        assert self.board is not None
+        if self.board is None:
+            raise BusFault("no board in the fixture")
         if address >= 0xE0000000 and self.core is not None:
             self.core.write32(address, value)
         else:

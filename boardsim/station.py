@@ -125,7 +125,8 @@ class Station:
         self.isp: BoardIsp | None = None
         self.done: list[str] = []
         self.probe = DapProbe(
-            self.serial, SwdPort(fault_rate=faults.swd_fault_rate, rng=random.Random(index))
+            self.serial,
+            SwdPort(fault_rate=faults.swd_fault_rate, rng=random.Random(index)),  # noqa: S311  # fault injection, not crypto
         )
         self.probe_server = ProbeServer(self.probe, probe_dir / f"{self.serial}.sock", link_timing)
         self.uart = UartPort(uart_dir / self.name, baud, lambda: self.isp, faults.uart)

@@ -6,6 +6,7 @@ steps 1 and 3-6 through pyOCD, steps 8-12 through pyserial and the foundation's 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -74,10 +75,8 @@ def debug_steps(unique_id: str, workdir: Path, boot_key: ec.EllipticCurvePrivate
             target.write32(M2354.reglctl, value)
         target.write32(FMC.base + FMC.ispctl, FMC.ispen | FMC.cfguen)
         fmc(target, FmcCommand.PROGRAM, M2354.debug_lock.config_address, 0xFFFFFFFF & ~M2354.debug_lock.mask)
-        try:
+        with contextlib.suppress(Exception):  # the locked port stops answering during pyOCD's reset check
             target.reset()
-        except Exception:  # noqa: BLE001, S110  # the locked port stops answering during pyOCD's reset check
-            pass
     return uid
 
 
@@ -134,7 +133,7 @@ def uart_steps(
 
 
 def provision(
-    unique_id: str, uart: str, baud: int, isp_keys: dict[str, str], workdir: str, app_size: int
+    unique_id: str, uart: str, *, baud: int, isp_keys: dict[str, str], workdir: str, app_size: int
 ) -> dict[str, Any]:
     """Run in a worker process: the whole sequence for the board in one station."""
     started = time.monotonic()

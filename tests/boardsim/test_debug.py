@@ -82,5 +82,5 @@ def test_uid_otp_flash_reset_and_lock_through_pyocd(rig: Rig, tmp_path: Path) ->
         with contextlib.suppress(PyocdError):  # pyOCD's post-reset check already meets the locked port
             target.reset()
     assert rig.state()["debug_locked"] is True
-    with pytest.raises(PyocdError, match="not detected|No ACK"):
+    with pytest.raises(PyocdError, match=r"not detected|No ACK"):
         rig.session().open()

@@ -114,7 +114,13 @@ def test_sixteen_stations_provision_concurrently_with_the_time_model(tmp_path: P
         with ProcessPoolExecutor(max_workers=16, mp_context=get_context("spawn")) as pool:
             jobs = [
                 pool.submit(
-                    provision, s["probe"], s["uart"], s["baud"], keys, str(tmp_path / s["name"]), 2048
+                    provision,
+                    s["probe"],
+                    s["uart"],
+                    baud=s["baud"],
+                    isp_keys=keys,
+                    workdir=str(tmp_path / s["name"]),
+                    app_size=2048,
                 )
                 for s in stations
             ]
@@ -138,7 +144,8 @@ def test_serve_rejects_a_bad_faults_file(tmp_path: Path) -> None:
     faults = tmp_path / "faults.yaml"
     faults.write_text("- not a mapping\n")
     result = subprocess.run(
-        [venv_tool("boardsim"), "serve", "--stations", "1", "--state-dir", str(tmp_path), "--faults", str(faults)],
+        [venv_tool("boardsim"), "serve", "--stations", "1", "--state-dir", str(tmp_path),
+         "--faults", str(faults)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 2

@@ -125,7 +125,7 @@ def test_tampered_image_and_wrong_key_are_refused_over_the_pty(line: Line) -> No
     assert download(line, foreign).status is Status.ERR_DL_KEY
     state = line.state()
     assert state["booted"] == "bootloader"
-    reasons = [event["reason"] for event in state["events"] if event["decision"] == "refused"]  # type: ignore[attr-defined,index]
+    reasons = [event["reason"] for event in state["events"] if event["decision"] == "refused"]  # type: ignore[attr-defined]
     assert "SHA256 TLV does not match the image" in reasons
     assert "the image's public key does not hash to OTP 8..11" in reasons
 
