@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from boardsim.station import OperatorSettings
 from nuwire.errors import ProtocolError
 from nuwire.keys import public_key_from_raw
 from nuwire.secureisp import messages as m
-from nuwire.secureisp.commands import Command
+from nuwire.secureisp.commands import Command, Status
 from nuwire.secureisp.packet import PACKET_SIZE
 from nuwire.secureisp.session import HostSession
 from nuwire.secureisp.states import Role
@@ -166,3 +167,58 @@ def test_slow_target_answers_later(timed_line: Live) -> None:
     normal = _exchange_time(timed_line, 10, 1.0)
     slow = _exchange_time(timed_line, 10, 40.0)
     assert slow > normal + 10 * 0.0002 * 30  # each answer waits for 40x the target's own time
+
+
+def test_brownout_at_a_byte_offset_resets_the_board(line: Live) -> None:
+    station = line.simulator.stations[0]
+    with line.uart() as device:
+        line.faults(brownout_at_byte=3 * PACKET_SIZE)
+        host = SerialHost(device)
+        rom = line.rom_host()
+        assert host.exchange(rom, rom.resync()).ok
+        assert host.exchange(rom, rom.connect()).ok
+        device.write(rom.key_exchange())  # the third packet: the board browns out instead of answering
+        assert device.read(PACKET_SIZE) == b""
+        reply = host.exchange(rom, rom.resend())
+        assert reply.status is Status.ERR_CMD_CONNECT  # the reset board's ROM has no session
+        assert station.board is not None
+        assert any(event.get("cause") == "brown-out" for event in station.board.events)
+        host.open_session(line.rom_host())
+
+
+def test_operator_removes_finished_or_idle_boards_and_inserts_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BOARDSIM_PROBES", str(tmp_path / "probes"))
+    settings = ServeSettings(
+        stations=1, state_dir=tmp_path / "state", boards_per_station=3, board_kind="objid", timing=False,
+        operator=OperatorSettings(handling_delay_s=0.05, removal_delay_s=0.0, idle_removal_s=0.3),
+    )  # fmt: skip
+    simulator = Simulator(settings)
+    station = simulator.stations[0]
+    with start_blocking_portal() as portal:
+        portal.start_task_soon(simulator.run)
+        deadline = time.monotonic() + 10
+        while len(station.done) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        first = station.done[0]
+        assert station.board is None or station.board.uid_text != first  # idle board taken out
+        while station.board is None:
+            time.sleep(0.02)
+        station.board.booted = "application"  # as after DL_FINISH
+        while len(station.done) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert portal.call(simulator.command, {"op": "remove", "station": "station-01"}) == {"ok": True}
+        assert portal.call(simulator.command, {"op": "insert", "station": "station-01", "kind": "half"}) == {
+            "ok": True
+        }
+        assert station.board is not None
+        assert station.board.bootloader_valid is True  # a half-provisioned board carries a valid bootloader
+        assert station.board.obj_id() is None
+        with pytest.raises(ValueError, match="unknown fault 'nonsense'"):
+            portal.call(simulator.command, {"op": "faults", "station": "station-01", "set": {"nonsense": 1}})
+        portal.call(portal.stop, True)
+    removed = [json.loads(p.read_text()) for p in (tmp_path / "state").glob("*/state.json")]
+    assert sum(1 for s in removed if s["obj_id"] is not None) >= 2  # "objid" boards carry an OBJ_ID record

@@ -151,3 +151,23 @@ def test_serve_rejects_a_bad_faults_file(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "faults.yaml" in result.stderr
     assert sys.executable
+
+
+def test_ctl_changes_faults_of_a_running_serve(two_stations: Served) -> None:
+    def ctl(request: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [venv_tool("boardsim"), "ctl", "--state-dir", str(two_stations.state), request],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+
+    assert ctl('{"op": "faults", "station": "station-01", "set": {"unplugged": true}}').returncode == 0
+    listed = pyocd(
+        two_stations, "commander", "-u", "boardsim:NULINK3-SIM-01", "-t", "m2354kjfae", "-c", "read32 0"
+    )
+    assert listed.returncode != 0
+    assert ctl('{"op": "plug", "station": "station-01"}').returncode == 0
+    status = ctl('{"op": "status"}')
+    assert json.loads(status.stdout)["stations"]["station-02"]["booted"] == "rom"
+    refused = ctl('{"op": "jump", "station": "station-01"}')
+    assert refused.returncode == 1
+    assert "unknown op" in refused.stdout
