@@ -30,6 +30,16 @@ _ECDH_TIMED = frozenset({Command.ECDH_PUB1, Command.ECDH_GET_RAND_PUB0})
 _ECDH_COMMANDS = frozenset(command for _, command, _ in KEY_EXCHANGE)
 
 
+def _identity(board: Board, request: m.Request, version: int) -> Outcome | None:
+    """GET_ID and GET_VERSION, answered alike by the ROM and the bootloader."""
+    if isinstance(request, m.GetId):
+        p = board.profile
+        return Outcome(Status.OK, m.DeviceId(p.pdid, board.uid, board.ucid, p.cid).to_payload())
+    if isinstance(request, m.GetVersion):
+        return Outcome(Status.OK, version.to_bytes(4, "little"))
+    return None
+
+
 def _program_and_verify(board: Board, address: int, data: bytes) -> bool:
     for offset in range(0, len(data), 4):
         word = int.from_bytes(data[offset : offset + 4], "little")
@@ -52,11 +62,9 @@ class RomBackend:
 
     def handle(self, request: m.Request) -> Outcome:
         board = self.board
-        if isinstance(request, m.GetId):
-            p = board.profile
-            return Outcome(Status.OK, m.DeviceId(p.pdid, board.uid, board.ucid, p.cid).to_payload())
-        if isinstance(request, m.GetVersion):
-            return Outcome(Status.OK, ROM_VERSION.to_bytes(4, "little"))
+        identity = _identity(board, request, ROM_VERSION)
+        if identity is not None:
+            return identity
         if isinstance(request, m.ReadOtp):
             if not 0 <= request.entry < board.profile.otp.entries:
                 return Outcome(Status.ERR_OVER_RANGE)
@@ -126,11 +134,9 @@ class BootloaderBackend:
     def handle(self, request: m.Request) -> Outcome:
         board = self.board
         slot = board.profile.application_slot
-        if isinstance(request, m.GetId):
-            p = board.profile
-            return Outcome(Status.OK, m.DeviceId(p.pdid, board.uid, board.ucid, p.cid).to_payload())
-        if isinstance(request, m.GetVersion):
-            return Outcome(Status.OK, BOOTLOADER_VERSION.to_bytes(4, "little"))
+        identity = _identity(board, request, BOOTLOADER_VERSION)
+        if identity is not None:
+            return identity
         if isinstance(request, m.DlBegin):
             return self._begin(request)
         if isinstance(request, m.MassWrite):

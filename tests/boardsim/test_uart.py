@@ -17,15 +17,15 @@ from boardsim.board import Board
 from boardsim.isp import BoardIsp
 from boardsim.state import StateStore
 from boardsim.uart import UartFaults, UartPort
-from nuwire.errors import ProtocolError
 from nuwire.keys import raw_public_key
 from nuwire.profiles import M2354
 from nuwire.secureisp import messages as m
 from nuwire.secureisp.commands import Status
 from nuwire.secureisp.packet import PACKET_SIZE
 from nuwire.secureisp.session import HostSession
-from nuwire.secureisp.states import Phase, Role
+from nuwire.secureisp.states import Role
 from tests.boardsim.helpers import Keys, host, install_bootloader, signed
+from tests.boardsim.station_driver import SerialHost
 
 BAUD = 921_600
 
@@ -39,29 +39,12 @@ class Line:
     keys: Keys
     store: StateStore
 
-    def exchange(self, session: HostSession, raw: bytes, attempts: int = 5) -> m.Reply:
+    def exchange(self, session: HostSession, raw: bytes) -> m.Reply:
         """Stop-and-wait with resends, as a station does."""
-        for _ in range(attempts):
-            self.serial.reset_input_buffer()
-            self.serial.write(raw)
-            answer = self.serial.read(PACKET_SIZE)
-            if len(answer) == PACKET_SIZE:
-                try:
-                    reply = session.receive(answer)
-                except ProtocolError:
-                    raw = session.resend()
-                    continue
-                if reply.status is not Status.ERR_CMD_CHECKSUM:
-                    return reply
-            raw = session.resend()
-        raise AssertionError("no answer after resends")
+        return SerialHost(self.serial).exchange(session, raw)
 
     def connect(self, session: HostSession) -> None:
-        """RESYNC first: a station never knows what state the target's session is in."""
-        assert self.exchange(session, session.resync()).ok
-        assert self.exchange(session, session.connect()).ok
-        while session.phase is not Phase.READY:
-            assert self.exchange(session, session.key_exchange()).ok
+        SerialHost(self.serial).open_session(session)
 
     def state(self) -> dict[str, object]:
         self.store.flush()
