@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import anyio
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -49,8 +53,157 @@ def sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def init(args: argparse.Namespace) -> int:
+    from cloudserver.pki import init_pki  # noqa: PLC0415  # keeps --help fast
+    from cloudserver.settings import write_default  # noqa: PLC0415
+
+    data: Path = args.data
+    if (data / "settings.json").exists():
+        print(f"cloudserver: error: {data / 'settings.json'} exists; init never overwrites", file=sys.stderr)
+        return 2
+    data.mkdir(parents=True, exist_ok=True)
+    written = init_pki(data / "pki", args.stations)
+    write_default(data, args.port)
+    print(f"initialised {data}: settings.json, master.key, {len(written)} certificates in {data / 'pki'}")
+    return 0
+
+
+def _logging() -> None:
+    import logging  # noqa: PLC0415
+
+    import structlog  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"),
+                    structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()],
+    )  # fmt: skip
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from cloudserver.server import serve_until_signal  # noqa: PLC0415
+    from cloudserver.settings import SettingsError, load  # noqa: PLC0415
+
+    try:
+        settings = load(args.data)
+    except SettingsError as error:
+        print(f"cloudserver: error: {error}", file=sys.stderr)
+        return 2
+    if args.port is not None:
+        settings.listen.port = args.port
+    _logging()
+    anyio.run(serve_until_signal, settings, args.data)
+    return 0
+
+
+def _admin(args: argparse.Namespace) -> Any:
+    from cloudserver.client import CloudClient, client_context  # noqa: PLC0415
+
+    pki = args.data / "pki"
+    url = args.url or json.loads((args.data / "serve.json").read_text())["url"]
+    return CloudClient(url, client_context(pki / "admin.crt", pki / "admin.key", pki / "ca.crt"))
+
+
+def _print(value: object) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def job_command(args: argparse.Namespace) -> int:
+    from cloudserver.client import CloudError  # noqa: PLC0415
+
+    async def act() -> object:
+        async with _admin(args) as cloud:
+            if args.action == "create":
+                return await cloud.create_job(
+                    pdid=int(args.pdid, 0), bootloader=args.bootloader.read_bytes(), bootloader_version=args.bootloader_version,
+                    application=args.application.read_bytes(), application_version=args.application_version,
+                    quantity=args.quantity,
+                )  # fmt: skip
+            if args.action == "list":
+                return await cloud.jobs()
+            if args.action == "show":
+                return await cloud.job(args.job_id)
+            return await cloud.close_job(args.job_id)
+
+    try:
+        _print(anyio.run(act))
+    except CloudError as error:
+        print(f"cloudserver: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def device_command(args: argparse.Namespace) -> int:
+    from cloudserver.client import CloudError  # noqa: PLC0415
+
+    async def act() -> object:
+        async with _admin(args) as cloud:
+            return await cloud.device(args.uid)
+
+    try:
+        _print(anyio.run(act))
+    except CloudError as error:
+        print(f"cloudserver: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def audit_command(args: argparse.Namespace) -> int:
+    from cloudserver.server import open_service  # noqa: PLC0415
+    from cloudserver.settings import load  # noqa: PLC0415
+
+    async def rows() -> list[dict[str, Any]]:
+        service = await open_service(load(args.data), args.data)
+        try:
+            return await service.audit_rows()
+        finally:
+            await service.engine.dispose()
+
+    for row in anyio.run(rows):
+        print(json.dumps(row) if args.json else
+              f"{row['id']:>6} {row['time']} {row['action']:<12} {row['outcome']:<8} {row['uid'] or '-':<24} "
+              f"{row['job_id'] or '-':<16} {row['subject']}  {row['detail']}")  # fmt: skip
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     top, commands = parser("cloudserver", "The provisioning cloud server.")
+    cmd = commands.add_parser("init", help="create DATA: development PKI, settings.json, master key")
+    cmd.add_argument("--data", type=Path, required=True)
+    cmd.add_argument("--stations", type=int, default=4, help="station certificates to issue")
+    cmd.add_argument("--port", type=int, default=8443)
+    cmd.set_defaults(handler=init)
+    cmd = commands.add_parser("serve", help="serve the HTTPS API (mutual TLS) until SIGTERM")
+    cmd.add_argument("--data", type=Path, required=True)
+    cmd.add_argument("--port", type=int, help="override settings.json (0: any free port)")
+    cmd.set_defaults(handler=serve_command)
+    cmd = commands.add_parser("job", help="create, list, show or close jobs (admin certificate)")
+    jobs = cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action in ("create", "list", "show", "close"):
+        sub = jobs.add_parser(action)
+        sub.add_argument("--data", type=Path, required=True)
+        sub.add_argument("--url", help="default: the URL in DATA/serve.json")
+        if action in ("show", "close"):
+            sub.add_argument("job_id")
+        if action == "create":
+            sub.add_argument("--pdid", required=True, help="product id, e.g. 0xA1735440")
+            sub.add_argument("--bootloader", type=Path, required=True, help="unsigned bootloader body")
+            sub.add_argument("--bootloader-version", required=True)
+            sub.add_argument("--application", type=Path, required=True, help="unsigned application body")
+            sub.add_argument("--application-version", required=True)
+            sub.add_argument("--quantity", type=int, required=True)
+        sub.set_defaults(handler=job_command)
+    cmd = commands.add_parser("device", help="show a device with its keys, results and history")
+    devices = cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub = devices.add_parser("show")
+    sub.add_argument("--data", type=Path, required=True)
+    sub.add_argument("--url")
+    sub.add_argument("uid")
+    sub.set_defaults(handler=device_command)
+    cmd = commands.add_parser("audit", help="print the audit log")
+    cmd.add_argument("--data", type=Path, required=True)
+    cmd.add_argument("--json", action="store_true", help="one JSON object per line")
+    cmd.set_defaults(handler=audit_command)
     cmd = commands.add_parser("keygen", help="write a new P-256 development signing key (PEM)")
     cmd.add_argument("out", type=Path)
     cmd.set_defaults(handler=keygen)

@@ -1,0 +1,190 @@
+"""The HTTPS service: aiohttp on asyncio, mutual TLS on every request.
+
+aiohttp keeps the TLS connection's SSL object on the transport, so each request knows the verified
+client certificate that made it (uvicorn and Hypercorn do not pass it to the application). The role
+is the certificate's OU: ``station`` may register devices and provision; ``admin`` manages jobs.
+Errors are application/problem+json naming the field; no input gives a 5xx.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from cloudserver import api
+from cloudserver.pki import identity
+from cloudserver.service import JobSpec, Refused, Service
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=BaseModel)
+SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
+log = structlog.get_logger("cloudserver")
+_UID = re.compile(r"^[0-9A-F]{24}$")
+_JOB = re.compile(api.JOB_ID)
+
+
+def server_context(certificate: Path, key: Path, client_ca: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(client_ca))
+    context.load_cert_chain(str(certificate), str(key))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def problem(refused: Refused) -> web.Response:
+    body = api.Problem(title=refused.title, status=refused.status, detail=refused.detail, field=refused.field)
+    return web.Response(status=refused.status, text=body.model_dump_json(), content_type="application/problem+json")
+
+
+def _action(request: web.Request) -> str:
+    return f"{request.method} {request.path}"
+
+
+@web.middleware
+async def mutual_tls(request: web.Request, handler: Handler) -> web.StreamResponse:
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        return problem(Refused(401, "client certificate required", "connect with a client certificate"))
+    subject, role = identity(der)
+    request["subject"], request["role"] = subject, role
+    service = request.app[SERVICE]
+    try:
+        if not role:
+            raise Refused(403, "no role", f"certificate {subject} names neither admin nor station in its OU")
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        refused = Refused(error.status, error.reason, f"{request.method} {request.path}: {error.reason}")
+    except Refused as error:
+        refused = error
+    uid = request.match_info.get("uid")
+    job_id = request.match_info.get("job_id")
+    await service.refusal(subject, _action(request), refused, uid if uid and _UID.match(uid) else None,
+                          job_id if job_id and _JOB.match(job_id) else None)  # fmt: skip
+    log.info("refused", subject=subject, action=_action(request), status=refused.status, detail=refused.detail)
+    return problem(refused)
+
+
+def _require(request: web.Request, *roles: str) -> None:
+    if request["role"] not in roles:
+        raise Refused(403, "forbidden", f"{request['role']} certificates may not {request.method} {request.path}")
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise Refused(413, "too large", "the request body is larger than the server takes") from None
+    try:
+        data = json.loads(raw or b"null")
+    except ValueError:
+        raise Refused(400, "malformed JSON", "the request body is not JSON") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise Refused(422, "invalid request", f"{where}: {first['msg']}", where) from None
+
+
+def _path(request: web.Request) -> tuple[str, str]:
+    job_id, uid = request.match_info.get("job_id", ""), request.match_info.get("uid", "")
+    if job_id and not _JOB.match(job_id):
+        raise Refused(422, "invalid request", f"job_id: expected job-<12 hex digits>, got {job_id[:60]!r}", "job_id")
+    if uid and not _UID.match(uid):
+        raise Refused(422, "invalid request", f"uid: expected 24 upper-case hex digits, got {uid[:60]!r}", "uid")
+    return job_id, uid
+
+
+def _json(value: Any) -> web.Response:
+    return web.json_response(value)
+
+
+async def register(request: web.Request) -> web.Response:
+    _require(request, "station", "admin")
+    body = await _body(request, api.RegisterRequest)
+    return _json(await request.app[SERVICE].register(request["subject"], body.uid))
+
+
+async def show_device(request: web.Request) -> web.Response:
+    _require(request, "station", "admin")
+    _, uid = _path(request)
+    return _json(await request.app[SERVICE].device(uid))
+
+
+async def create_job(request: web.Request) -> web.Response:
+    _require(request, "admin")
+    body = await _body(request, api.JobRequest)
+    spec = JobSpec(body.pdid, body.bootloader.decoded(), body.bootloader.version,
+                   body.application.decoded(), body.application.version, body.quantity)  # fmt: skip
+    return _json(await request.app[SERVICE].create_job(request["subject"], spec))
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    _require(request, "station", "admin")
+    return _json(await request.app[SERVICE].jobs())
+
+
+async def show_job(request: web.Request) -> web.Response:
+    _require(request, "station", "admin")
+    job_id, _ = _path(request)
+    return _json(await request.app[SERVICE].job(job_id))
+
+
+async def close_job(request: web.Request) -> web.Response:
+    _require(request, "admin")
+    job_id, _ = _path(request)
+    return _json(await request.app[SERVICE].close_job(request["subject"], job_id))
+
+
+def _provisioning(method: str) -> Handler:
+    async def handle(request: web.Request) -> web.Response:
+        _require(request, "station")
+        job_id, uid = _path(request)
+        body = await _body(request, api.DeviceRequest)
+        answer = await getattr(request.app[SERVICE], method)(request["subject"], job_id, uid, body.obj_id)
+        if "image" in answer:
+            answer["image"] = base64.b64encode(answer["image"]).decode()
+        return _json(answer)
+
+    return handle
+
+
+async def result(request: web.Request) -> web.Response:
+    _require(request, "station")
+    job_id, uid = _path(request)
+    body = await _body(request, api.ResultRequest)
+    service = request.app[SERVICE]
+    return _json(await service.result(request["subject"], job_id, uid, body.obj_id, body.outcome, body.step, body.reason))
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return _json(api.openapi())
+
+
+def application(service: Service) -> web.Application:
+    app = web.Application(middlewares=[mutual_tls], client_max_size=3 * api.MAX_BODY)
+    app[SERVICE] = service
+    app.router.add_post("/v1/devices", register)
+    app.router.add_get("/v1/devices/{uid}", show_device)
+    app.router.add_post("/v1/jobs", create_job)
+    app.router.add_get("/v1/jobs", list_jobs)
+    app.router.add_get("/v1/jobs/{job_id}", show_job)
+    app.router.add_post("/v1/jobs/{job_id}/close", close_job)
+    app.router.add_post("/v1/jobs/{job_id}/devices/{uid}/bootloader", _provisioning("bootloader"))
+    app.router.add_post("/v1/jobs/{job_id}/devices/{uid}/application-key", _provisioning("application_key"))
+    app.router.add_post("/v1/jobs/{job_id}/devices/{uid}/application", _provisioning("application"))
+    app.router.add_post("/v1/jobs/{job_id}/devices/{uid}/results", result)
+    app.router.add_get("/openapi.json", openapi_document)
+    return app

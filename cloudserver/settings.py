@@ -1,0 +1,95 @@
+"""DATA_DIR/settings.json: where the server listens, its TLS files, database and key store.
+
+Relative paths are relative to DATA_DIR. ``cloudserver init`` writes a working development file;
+production edits it to point at its own PKI, PostgreSQL URL and PKCS#11 token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cloudserver.keystore import FileKeyStore, KeyStore, Pkcs11KeyStore
+
+
+class SettingsError(Exception):
+    """settings.json is missing or wrong; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Listen(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=0, le=65535)
+
+
+class Tls(_Strict):
+    certificate: str = "pki/server.crt"
+    key: str = "pki/server.key"
+    client_ca: str = "pki/ca.crt"
+
+
+class FileStore(_Strict):
+    type: Literal["file"] = "file"
+    master_key_file: str = "master.key"
+
+
+class Pkcs11Store(_Strict):
+    type: Literal["pkcs11"]
+    library: str = "/usr/lib/softhsm/libsofthsm2.so"
+    token_label: str
+    pin_file: str
+    kek_label: str = "nuprov-kek"
+
+
+class Settings(_Strict):
+    listen: Listen = Listen()
+    tls: Tls = Tls()
+    database: str = "sqlite+aiosqlite:///{data}/cloud.db"
+    keystore: FileStore | Pkcs11Store = Field(default_factory=FileStore, discriminator="type")
+    profile: str = "M2354"
+
+    def path(self, data: Path, value: str) -> Path:
+        candidate = Path(value)
+        return candidate if candidate.is_absolute() else data / candidate
+
+    def database_url(self, data: Path) -> str:
+        return self.database.replace("{data}", str(data.resolve()))
+
+    def open_keystore(self, data: Path) -> KeyStore:
+        store = self.keystore
+        if isinstance(store, FileStore):
+            return FileKeyStore(self.path(data, store.master_key_file).read_bytes())
+        pin = self.path(data, store.pin_file).read_text().strip()
+        return Pkcs11KeyStore(store.library, store.token_label, pin, store.kek_label)
+
+
+def load(data: Path) -> Settings:
+    path = data / "settings.json"
+    try:
+        return Settings.model_validate(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise SettingsError(f"{path}: not found; run cloudserver init --data {data}") from None
+    except ValueError as error:
+        if isinstance(error, ValidationError):
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise SettingsError(f"{path}: {where}: {first['msg']}") from None
+        raise SettingsError(f"{path}: not JSON: {error}") from None
+
+
+def write_default(data: Path, port: int) -> Settings:
+    settings = Settings(listen=Listen(port=port))
+    (data / "settings.json").write_text(settings.model_dump_json(indent=1))
+    key_file = data / "master.key"
+    if not key_file.exists():
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(os.urandom(32))
+    return settings
