@@ -27,6 +27,8 @@ from cloudserver.service import JobSpec, Refused, Service
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
 SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
+SUBJECT: web.RequestKey[str] = web.RequestKey("subject", str)
+ROLE: web.RequestKey[str] = web.RequestKey("role", str)
 log = structlog.get_logger("cloudserver")
 _UID = re.compile(r"^[0-9A-F]{24}$")
 _JOB = re.compile(api.JOB_ID)
@@ -56,7 +58,7 @@ async def mutual_tls(request: web.Request, handler: Handler) -> web.StreamRespon
     if not der:
         return problem(Refused(401, "client certificate required", "connect with a client certificate"))
     subject, role = identity(der)
-    request["subject"], request["role"] = subject, role
+    request[SUBJECT], request[ROLE] = subject, role
     service = request.app[SERVICE]
     try:
         if not role:
@@ -77,8 +79,8 @@ async def mutual_tls(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 def _require(request: web.Request, *roles: str) -> None:
-    if request["role"] not in roles:
-        raise Refused(403, "forbidden", f"{request['role']} certificates may not {request.method} {request.path}")
+    if request[ROLE] not in roles:
+        raise Refused(403, "forbidden", f"{request[ROLE]} certificates may not {request.method} {request.path}")
 
 
 async def _body(request: web.Request, model: type[M]) -> M:
@@ -114,7 +116,7 @@ def _json(value: Any) -> web.Response:
 async def register(request: web.Request) -> web.Response:
     _require(request, "station", "admin")
     body = await _body(request, api.RegisterRequest)
-    return _json(await request.app[SERVICE].register(request["subject"], body.uid))
+    return _json(await request.app[SERVICE].register(request[SUBJECT], body.uid))
 
 
 async def show_device(request: web.Request) -> web.Response:
@@ -128,7 +130,7 @@ async def create_job(request: web.Request) -> web.Response:
     body = await _body(request, api.JobRequest)
     spec = JobSpec(body.pdid, body.bootloader.decoded(), body.bootloader.version,
                    body.application.decoded(), body.application.version, body.quantity)  # fmt: skip
-    return _json(await request.app[SERVICE].create_job(request["subject"], spec))
+    return _json(await request.app[SERVICE].create_job(request[SUBJECT], spec))
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -145,7 +147,7 @@ async def show_job(request: web.Request) -> web.Response:
 async def close_job(request: web.Request) -> web.Response:
     _require(request, "admin")
     job_id, _ = _path(request)
-    return _json(await request.app[SERVICE].close_job(request["subject"], job_id))
+    return _json(await request.app[SERVICE].close_job(request[SUBJECT], job_id))
 
 
 def _provisioning(method: str) -> Handler:
@@ -153,7 +155,7 @@ def _provisioning(method: str) -> Handler:
         _require(request, "station")
         job_id, uid = _path(request)
         body = await _body(request, api.DeviceRequest)
-        answer = await getattr(request.app[SERVICE], method)(request["subject"], job_id, uid, body.obj_id)
+        answer = await getattr(request.app[SERVICE], method)(request[SUBJECT], job_id, uid, body.obj_id)
         if "image" in answer:
             answer["image"] = base64.b64encode(answer["image"]).decode()
         return _json(answer)
@@ -166,7 +168,7 @@ async def result(request: web.Request) -> web.Response:
     job_id, uid = _path(request)
     body = await _body(request, api.ResultRequest)
     service = request.app[SERVICE]
-    return _json(await service.result(request["subject"], job_id, uid, body.obj_id, body.outcome, body.step, body.reason))
+    return _json(await service.result(request[SUBJECT], job_id, uid, body.obj_id, body.outcome, body.step, body.reason))
 
 
 async def openapi_document(request: web.Request) -> web.Response:

@@ -99,7 +99,10 @@ class Pkcs11KeyStore:
         try:
             lib = pkcs11.lib(library)
             token = lib.get_token(token_label=token_label)
-            self._session = token.open(user_pin=pin, rw=True)
+            try:
+                self._session = token.open(user_pin=pin, rw=True)
+            except pkcs11.UserAlreadyLoggedIn:  # login is per process: another store in it logged in
+                self._session = token.open(rw=True)
         except pkcs11.PKCS11Error as error:
             raise KeyStoreError(f"PKCS#11 token {token_label!r}: {type(error).__name__}") from error
         self._kek = self._key_encryption_key(kek_label)

@@ -1,0 +1,248 @@
+"""The cloud over real mutual TLS: who may do what, idempotency, quota, images, audit."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from cloudserver.client import CloudClient, CloudRefused, QuotaExceeded, client_context
+from nuwire import mcuboot
+from nuwire.keys import key_hash, public_key_from_raw
+from tests.cloudserver.conftest import Cloud, foreign_pki
+from tests.conftest import venv_tool
+
+BOOT = os.urandom(6000)
+APP = os.urandom(9000)
+
+
+def uid(n: int) -> str:
+    return f"{0xC0FFEE00 + n:08X}1111222233334444"
+
+
+async def new_job(cloud: Cloud, quantity: int = 10) -> str:
+    async with cloud.client("admin") as admin:
+        job = await admin.create_job(pdid=0xA1735440, bootloader=BOOT, bootloader_version="1.0.0",
+                                     application=APP, application_version="2.1.0+7", quantity=quantity)  # fmt: skip
+    return str(job["id"])
+
+
+def test_client_without_certificate_or_from_another_ca_is_refused(cloud: Cloud, tmp_path: Path) -> None:
+    ca = cloud.data / "pki" / "ca.crt"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{cloud.url}/openapi.json", verify=ssl.create_default_context(cafile=str(ca)))
+    other = foreign_pki(tmp_path)
+    context = client_context(other / "admin.crt", other / "admin.key", ca)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{cloud.url}/openapi.json", verify=context)
+    ok = httpx.get(f"{cloud.url}/openapi.json", verify=client_context(cloud.data / "pki" / "station-01.crt",
+                                                                     cloud.data / "pki" / "station-01.key", ca))  # fmt: skip
+    assert ok.json()["openapi"] == "3.1.0"
+
+
+def test_curl_with_and_without_a_certificate(cloud: Cloud) -> None:
+    pki = cloud.data / "pki"
+    base = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(pki / "ca.crt")]
+    refused = subprocess.run([*base, f"{cloud.url}/v1/jobs"], capture_output=True, text=True, check=False)
+    assert refused.stdout in ("000", "")  # the TLS handshake fails: no HTTP status at all
+    allowed = subprocess.run(
+        [*base, "--cert", str(pki / "station-01.crt"), "--key", str(pki / "station-01.key"), f"{cloud.url}/v1/jobs"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert allowed.stdout == "200"
+
+
+def test_stations_cannot_manage_jobs_and_admins_can(cloud: Cloud) -> None:
+    async def scenario() -> None:
+        async with cloud.client("station-01") as station:
+            with pytest.raises(CloudRefused) as refused:
+                await station.create_job(pdid=1, bootloader=BOOT, bootloader_version="1", application=APP,
+                                         application_version="1", quantity=1)  # fmt: skip
+            assert refused.value.status == 403
+            job_id = await new_job(cloud)
+            with pytest.raises(CloudRefused) as closing:
+                await station.close_job(job_id)
+            assert closing.value.status == 403
+            assert (await station.job(job_id))["state"] == "open"
+        async with cloud.client("admin") as admin:
+            assert (await admin.close_job(job_id))["state"] == "closed"
+            with pytest.raises(CloudRefused) as provisioning:
+                await admin.bootloader(job_id, uid(1), "0" * 32)
+            assert provisioning.value.status == 403
+
+    anyio.run(scenario)
+
+
+def test_fifty_concurrent_repeats_give_one_key_and_identical_images(cloud: Cloud) -> None:
+    async def scenario() -> None:
+        job_id = await new_job(cloud)
+        async with cloud.client() as station:
+            obj_id = await station.register(uid(1))
+            assert await station.register(uid(1)) == obj_id
+            answers: list[Any] = []
+
+            async def one() -> None:
+                answers.append(await station.bootloader(job_id, uid(1), obj_id))
+
+            async with anyio.create_task_group() as group:
+                for _ in range(50):
+                    group.start_soon(one)
+            assert len({a.public_key for a in answers}) == 1
+            assert len({a.image for a in answers}) == 1
+            apps = [await station.application(job_id, uid(1), obj_id) for _ in range(3)]
+            assert len({a.image for a in apps}) == 1
+            assert apps[0].public_key == await station.application_key(job_id, uid(1), obj_id)
+            assert apps[0].public_key != answers[0].public_key
+            other = await station.bootloader(job_id, uid(2), await station.register(uid(2)))
+            assert other.public_key != answers[0].public_key
+            assert (await station.job(job_id))["used"] == 2
+
+    anyio.run(scenario)
+
+
+def test_quota_admits_n_boards_refuses_the_next_and_still_answers_repeats(cloud: Cloud) -> None:
+    async def scenario() -> None:
+        job_id = await new_job(cloud, quantity=3)
+        async with cloud.client() as station:
+            first = {}
+            for n in range(3):
+                obj_id = await station.register(uid(n))
+                first[n] = (obj_id, await station.bootloader(job_id, uid(n), obj_id))
+            extra = await station.register(uid(9))
+            with pytest.raises(QuotaExceeded) as refused:
+                await station.bootloader(job_id, uid(9), extra)
+            assert refused.value.status == 409
+            assert uid(9) in refused.value.detail
+            for n, (obj_id, answer) in first.items():
+                again = await station.bootloader(job_id, uid(n), obj_id)
+                assert again.image == answer.image
+            assert (await station.job(job_id))["used"] == 3
+
+    anyio.run(scenario)
+
+
+def test_signed_images_pass_imgtool_verify_with_the_returned_key(cloud: Cloud, tmp_path: Path) -> None:
+    async def scenario() -> tuple[Any, Any]:
+        job_id = await new_job(cloud)
+        async with cloud.client() as station:
+            obj_id = await station.register(uid(5))
+            return await station.bootloader(job_id, uid(5), obj_id), await station.application(job_id, uid(5), obj_id)
+
+    boot, app = anyio.run(scenario)
+    for name, signed in (("bootloader", boot), ("application", app)):
+        key = tmp_path / f"{name}.pem"
+        key.write_bytes(public_key_from_raw(signed.public_key).public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+        image = tmp_path / f"{name}.bin"
+        image.write_bytes(signed.image)
+        result = subprocess.run([venv_tool("imgtool"), "verify", "-k", str(key), str(image)], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+    parsed = mcuboot.parse(app.image)
+    assert parsed.body == APP
+    assert str(parsed.version) == "2.1.0+7"
+    assert mcuboot.verify_against_key_hash(parsed, key_hash(app.public_key)) is mcuboot.Verdict.OK
+    assert mcuboot.parse(boot.image).tlv(mcuboot.TlvType.KEYHASH) is not None
+
+
+def test_bad_input_gets_problem_json_naming_the_field(cloud: Cloud) -> None:
+    pki = cloud.data / "pki"
+    context = client_context(pki / "station-01.crt", pki / "station-01.key", pki / "ca.crt")
+    with httpx.Client(base_url=cloud.url, verify=context) as http:
+        bad_uid = http.post("/v1/devices", json={"uid": "not-a-uid"})
+        assert bad_uid.status_code == 422
+        assert bad_uid.headers["content-type"].startswith("application/problem+json")
+        assert bad_uid.json()["field"] == "uid"
+        assert http.post("/v1/devices", content=b"{nope").json()["title"] == "malformed JSON"
+        assert http.post("/v1/devices", json={"uid": "0" * 24, "extra": 1}).status_code == 422
+        assert http.get("/v1/jobs/job-zzz").json()["field"] == "job_id"
+        assert http.get("/v1/nothing").status_code == 404
+        assert http.delete("/v1/jobs").status_code == 405
+        wrong = http.post(f"/v1/jobs/job-{'0' * 12}/devices/{uid(1)}/bootloader", json={"obj_id": "0" * 32})
+        assert wrong.status_code == 404
+
+
+def test_results_and_device_history(cloud: Cloud) -> None:
+    async def scenario() -> dict[str, Any]:
+        job_id = await new_job(cloud)
+        async with cloud.client() as station:
+            obj_id = await station.register(uid(7))
+            await station.bootloader(job_id, uid(7), obj_id)
+            await station.report(job_id, uid(7), obj_id, outcome="FAIL", step=8, reason="OTP entry 8 not blank")
+            await station.report(job_id, uid(7), obj_id, outcome="FAIL", step=8, reason="OTP entry 8 not blank")
+            with pytest.raises(CloudRefused):
+                await station.report(job_id, uid(7), "f" * 32, outcome="PASS", step=13)
+            return await station.device(uid(7))
+
+    device = anyio.run(scenario)
+    assert [r["reason"] for r in device["results"]] == ["OTP entry 8 not blank"]
+    assert [k["purpose"] for k in device["keys"]] == ["bootloader"]
+    assert [h["action"] for h in device["history"]] == ["register", "key_create", "sign", "image_fetch", "result", "result", "refuse"]
+
+
+def test_audit_log_has_exactly_the_expected_rows(cloud: Cloud) -> None:
+    async def scenario() -> str:
+        job_id = await new_job(cloud, quantity=1)
+        async with cloud.client() as station:
+            obj_id = await station.register(uid(1))
+            await station.bootloader(job_id, uid(1), obj_id)
+            await station.bootloader(job_id, uid(1), obj_id)
+            await station.application_key(job_id, uid(1), obj_id)
+            await station.application(job_id, uid(1), obj_id)
+            await station.report(job_id, uid(1), obj_id, outcome="PASS", step=13)
+            with pytest.raises(QuotaExceeded):
+                await station.bootloader(job_id, uid(2), await station.register(uid(2)))
+        return job_id
+
+    job_id = anyio.run(scenario)
+    result = subprocess.run([venv_tool("cloudserver"), "audit", "--data", str(cloud.data), "--json"],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    import json  # noqa: PLC0415
+
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    station, admin = "CN=station-01,OU=station,O=nuprov", "CN=admin,OU=admin,O=nuprov"
+    expected = [
+        (admin, "job_create", None), (station, "register", uid(1)), (station, "key_create", uid(1)),
+        (station, "sign", uid(1)), (station, "image_fetch", uid(1)), (station, "image_fetch", uid(1)),
+        (station, "key_create", uid(1)), (station, "key_fetch", uid(1)), (station, "sign", uid(1)),
+        (station, "image_fetch", uid(1)), (station, "result", uid(1)), (station, "register", uid(2)),
+        (station, "refuse", uid(2)),
+    ]  # fmt: skip
+    assert [(r["subject"], r["action"], r["uid"]) for r in rows] == expected
+    assert all(r["job_id"] == job_id for r in rows[2:11])
+
+
+def test_the_audit_log_is_append_only(cloud: Cloud) -> None:
+    import sqlite3  # noqa: PLC0415
+
+    async def scenario() -> None:
+        async with cloud.client() as station:
+            await station.register(uid(3))
+
+    anyio.run(scenario)
+    connection = sqlite3.connect(cloud.data / "cloud.db")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        connection.execute("DELETE FROM audit")
+    connection.close()
+
+
+def test_client_retries_then_reports_unavailable(tmp_path: Path) -> None:
+    from cloudserver.client import CloudUnavailable  # noqa: PLC0415
+
+    async def scenario() -> None:
+        client = CloudClient("https://127.0.0.1:9", ssl.create_default_context(), attempts=2, backoff=0.01)
+        async with client:
+            with pytest.raises(CloudUnavailable):
+                await client.register(uid(1))
+
+    anyio.run(scenario)
+
+
+def test_the_same_contract_holds_with_keys_in_the_hsm(hsm_cloud: Cloud, tmp_path: Path) -> None:
+    test_fifty_concurrent_repeats_give_one_key_and_identical_images(hsm_cloud)
+    test_signed_images_pass_imgtool_verify_with_the_returned_key(hsm_cloud, tmp_path)
