@@ -5,14 +5,25 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from nuwire.mcuboot import Version
+from nuwire.profiles import M2354
 
-UID = Annotated[str, Field(pattern=r"^[0-9A-F]{24}$", description="24 upper-case hex digits: UID0, UID1, UID2")]
+UID = Annotated[
+    str, Field(pattern=r"^[0-9A-F]{24}$", description="24 upper-case hex digits: UID0, UID1, UID2")
+]
 OBJ_ID = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="32 lower-case hex digits")]
 JOB_ID = r"^job-[0-9a-f]{12}$"
 MAX_BODY = 1 << 20
+
+
+def _whole(value: object) -> object:
+    """JSON integers only (1 and 1.0, as JSON Schema counts them), never true or "1"."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected an integer")  # pydantic wants ValueError
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("expected an integer")
+    return int(value)
 
 
 class Strict(BaseModel):
@@ -27,40 +38,57 @@ class DeviceRequest(Strict):
     obj_id: OBJ_ID
 
 
+BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"
+_BYTE = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_U16 = r"(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}|0)"
+VERSION = rf"^{_BYTE}(?:\.{_BYTE}(?:\.{_U16})?)?(?:\+\d{{1,9}})?$"
+
+
+def room(slot_name: str) -> int:
+    """Body bytes a slot of the default profile takes, leaving space for the header and the TLVs."""
+    slot = getattr(M2354, f"{slot_name}_slot")
+    return int(slot.size - slot.header_size - 512)
+
+
 class Firmware(Strict):
-    body: str = Field(description="the unsigned firmware body, base64", max_length=2 * MAX_BODY)
-    version: str = Field(pattern=r"^\d{1,3}(\.\d{1,3}(\.\d{1,5})?)?(\+\d{1,10})?$", description="major.minor.revision[+build]")
+    body: str = Field(pattern=BASE64, description="the unsigned firmware body, base64")
+    version: str = Field(pattern=VERSION, description="major.minor.revision[+build]")
 
     @field_validator("body")
     @classmethod
     def _base64(cls, value: str) -> str:
-        try:
-            base64.b64decode(value, validate=True)
-        except ValueError:
-            raise ValueError("not base64") from None
-        return value
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, value: str) -> str:
-        Version.parse(value)  # raises ProtocolError (a ValueError) for out-of-range fields
+        base64.b64decode(value, validate=True)  # the pattern admits only valid base64
         return value
 
     def decoded(self) -> bytes:
         return base64.b64decode(self.body)
 
 
+class BootloaderFirmware(Firmware):
+    body: str = Field(
+        pattern=BASE64, max_length=4 * (room("bootloader") // 3), description="base64, fits the slot"
+    )
+
+
+class ApplicationFirmware(Firmware):
+    body: str = Field(
+        pattern=BASE64, max_length=4 * (room("application") // 3), description="base64, fits the slot"
+    )
+
+
 class JobRequest(Strict):
-    pdid: int = Field(ge=0, le=0xFFFFFFFF)
-    bootloader: Firmware
-    application: Firmware
-    quantity: int = Field(ge=1, le=10_000_000)
+    pdid: Annotated[int, BeforeValidator(_whole)] = Field(ge=0, le=0xFFFFFFFF)
+    bootloader: BootloaderFirmware
+    application: ApplicationFirmware
+    quantity: Annotated[int, BeforeValidator(_whole)] = Field(ge=1, le=10_000_000)
 
 
 class ResultRequest(Strict):
     obj_id: OBJ_ID
     outcome: Literal["PASS", "FAIL"]
-    step: int = Field(ge=1, le=13, description="the step of the provisioning sequence (1..13)")
+    step: Annotated[int, BeforeValidator(_whole)] = Field(
+        ge=1, le=13, description="the step of the provisioning sequence (1..13)"
+    )
     reason: str = Field(default="", max_length=500)
 
 
@@ -98,28 +126,57 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
 def openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 document for API v1, built from the models above."""
     schemas: dict[str, Any] = {}
-    models: list[type[BaseModel]] = [RegisterRequest, DeviceRequest, Firmware, JobRequest, ResultRequest,
-                                     Device, KeyAnswer, ImageAnswer, Problem]  # fmt: skip
+    models: list[type[BaseModel]] = [
+        RegisterRequest,
+        DeviceRequest,
+        BootloaderFirmware,
+        ApplicationFirmware,
+        JobRequest,
+        ResultRequest,
+        Device,
+        KeyAnswer,
+        ImageAnswer,
+        Problem,
+    ]
     for model in models:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
-    problem = {"description": "refused", "content": {"application/problem+json": {"schema": _schema(Problem)}}}
+    problem = {
+        "description": "refused",
+        "content": {"application/problem+json": {"schema": _schema(Problem)}},
+    }
     errors = {str(code): problem for code in (400, 401, 403, 404, 409, 413, 422)}
-    uid = {"name": "uid", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9A-F]{24}$"}}
+    uid = {
+        "name": "uid",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9A-F]{24}$"},
+    }
     job = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": JOB_ID}}
 
-    def op(summary: str, role: str, body: type[BaseModel] | None, answer: type[BaseModel] | dict[str, Any],
-           params: list[dict[str, Any]] = ()) -> dict[str, Any]:  # type: ignore[assignment]  # fmt: skip
+    def op(
+        summary: str,
+        role: str,
+        body: type[BaseModel] | None,
+        answer: type[BaseModel] | dict[str, Any],
+        params: tuple[dict[str, Any], ...] = (),
+    ) -> dict[str, Any]:
         content = _schema(answer) if isinstance(answer, type) else answer
         operation: dict[str, Any] = {
             "summary": summary,
             "description": f"Client certificate role: {role}.",
             "parameters": list(params),
-            "responses": {"200": {"description": "done", "content": {"application/json": {"schema": content}}}, **errors},
+            "responses": {
+                "200": {"description": "done", "content": {"application/json": {"schema": content}}},
+                **errors,
+            },
         }
         if body is not None:
-            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _schema(body)}}}
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": _schema(body)}},
+            }
         return operation
 
     anything = {"type": "object"}
@@ -128,22 +185,61 @@ def openapi() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "nuprov provisioning cloud", "version": "1"},
         "paths": {
-            "/v1/devices": {"post": op("register a UID; the same UID always gets the same OBJ_ID", "station or admin", RegisterRequest, Device)},
-            "/v1/devices/{uid}": {"get": op("a device with its keys, results and history", "station or admin", None, anything, [uid])},
+            "/v1/devices": {
+                "post": op(
+                    "register a UID; the same UID always gets the same OBJ_ID",
+                    "station or admin",
+                    RegisterRequest,
+                    Device,
+                )
+            },
+            "/v1/devices/{uid}": {
+                "get": op(
+                    "a device with its keys, results and history", "station or admin", None, anything, [uid]
+                )
+            },
             "/v1/jobs": {
                 "get": op("list jobs", "station or admin", None, {"type": "array", "items": anything}),
                 "post": op("create a job", "admin", JobRequest, anything),
             },
-            "/v1/jobs/{job_id}": {"get": op("show a job", "station or admin", None, anything, [job])},
-            "/v1/jobs/{job_id}/close": {"post": op("close a job", "admin", None, anything, [job])},
+            "/v1/jobs/{job_id}": {"get": op("show a job", "station or admin", None, anything, (job,))},
+            "/v1/jobs/{job_id}/close": {"post": op("close a job", "admin", None, anything, (job,))},
             "/v1/jobs/{job_id}/devices/{uid}/bootloader": {
-                "post": op("step 2: the board's bootloader key and its signed bootloader", provision, DeviceRequest, ImageAnswer, [job, uid])},
+                "post": op(
+                    "step 2: the board's bootloader key and its signed bootloader",
+                    provision,
+                    DeviceRequest,
+                    ImageAnswer,
+                    [job, uid],
+                )
+            },
             "/v1/jobs/{job_id}/devices/{uid}/application-key": {
-                "post": op("step 7: the board's application public key", provision, DeviceRequest, KeyAnswer, [job, uid])},
+                "post": op(
+                    "step 7: the board's application public key",
+                    provision,
+                    DeviceRequest,
+                    KeyAnswer,
+                    [job, uid],
+                )
+            },
             "/v1/jobs/{job_id}/devices/{uid}/application": {
-                "post": op("step 11: the application signed with the board's key", provision, DeviceRequest, ImageAnswer, [job, uid])},
+                "post": op(
+                    "step 11: the application signed with the board's key",
+                    provision,
+                    DeviceRequest,
+                    ImageAnswer,
+                    [job, uid],
+                )
+            },
             "/v1/jobs/{job_id}/devices/{uid}/results": {
-                "post": op("step 13: PASS or FAIL with step and reason", provision, ResultRequest, anything, [job, uid])},
-        },  # fmt: skip
+                "post": op(
+                    "step 13: PASS or FAIL with step and reason",
+                    provision,
+                    ResultRequest,
+                    anything,
+                    [job, uid],
+                )
+            },
+        },
         "components": {"schemas": schemas},
     }

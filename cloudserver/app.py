@@ -42,9 +42,14 @@ def server_context(certificate: Path, key: Path, client_ca: Path) -> ssl.SSLCont
     return context
 
 
-def problem(refused: Refused) -> web.Response:
+def problem(refused: Refused, headers: dict[str, str] | None = None) -> web.Response:
     body = api.Problem(title=refused.title, status=refused.status, detail=refused.detail, field=refused.field)
-    return web.Response(status=refused.status, text=body.model_dump_json(), content_type="application/problem+json")
+    return web.Response(
+        status=refused.status,
+        text=body.model_dump_json(),
+        content_type="application/problem+json",
+        headers=headers,
+    )
 
 
 def _action(request: web.Request) -> str:
@@ -60,6 +65,7 @@ async def mutual_tls(request: web.Request, handler: Handler) -> web.StreamRespon
     subject, role = identity(der)
     request[SUBJECT], request[ROLE] = subject, role
     service = request.app[SERVICE]
+    headers: dict[str, str] = {}
     try:
         if not role:
             raise Refused(403, "no role", f"certificate {subject} names neither admin nor station in its OU")
@@ -68,19 +74,30 @@ async def mutual_tls(request: web.Request, handler: Handler) -> web.StreamRespon
         if error.status < 400:
             raise
         refused = Refused(error.status, error.reason, f"{request.method} {request.path}: {error.reason}")
+        if "Allow" in error.headers:  # RFC 9110: a 405 names the methods that are allowed
+            headers["Allow"] = error.headers["Allow"]
     except Refused as error:
         refused = error
     uid = request.match_info.get("uid")
     job_id = request.match_info.get("job_id")
-    await service.refusal(subject, _action(request), refused, uid if uid and _UID.match(uid) else None,
-                          job_id if job_id and _JOB.match(job_id) else None)  # fmt: skip
-    log.info("refused", subject=subject, action=_action(request), status=refused.status, detail=refused.detail)
-    return problem(refused)
+    await service.refusal(
+        subject,
+        _action(request),
+        refused,
+        uid if uid and _UID.match(uid) else None,
+        job_id if job_id and _JOB.match(job_id) else None,
+    )
+    log.info(
+        "refused", subject=subject, action=_action(request), status=refused.status, detail=refused.detail
+    )
+    return problem(refused, headers)
 
 
 def _require(request: web.Request, *roles: str) -> None:
     if request[ROLE] not in roles:
-        raise Refused(403, "forbidden", f"{request[ROLE]} certificates may not {request.method} {request.path}")
+        raise Refused(
+            403, "forbidden", f"{request[ROLE]} certificates may not {request.method} {request.path}"
+        )
 
 
 async def _body(request: web.Request, model: type[M]) -> M:
@@ -103,9 +120,13 @@ async def _body(request: web.Request, model: type[M]) -> M:
 def _path(request: web.Request) -> tuple[str, str]:
     job_id, uid = request.match_info.get("job_id", ""), request.match_info.get("uid", "")
     if job_id and not _JOB.match(job_id):
-        raise Refused(422, "invalid request", f"job_id: expected job-<12 hex digits>, got {job_id[:60]!r}", "job_id")
+        raise Refused(
+            422, "invalid request", f"job_id: expected job-<12 hex digits>, got {job_id[:60]!r}", "job_id"
+        )
     if uid and not _UID.match(uid):
-        raise Refused(422, "invalid request", f"uid: expected 24 upper-case hex digits, got {uid[:60]!r}", "uid")
+        raise Refused(
+            422, "invalid request", f"uid: expected 24 upper-case hex digits, got {uid[:60]!r}", "uid"
+        )
     return job_id, uid
 
 
@@ -128,8 +149,14 @@ async def show_device(request: web.Request) -> web.Response:
 async def create_job(request: web.Request) -> web.Response:
     _require(request, "admin")
     body = await _body(request, api.JobRequest)
-    spec = JobSpec(body.pdid, body.bootloader.decoded(), body.bootloader.version,
-                   body.application.decoded(), body.application.version, body.quantity)  # fmt: skip
+    spec = JobSpec(
+        body.pdid,
+        body.bootloader.decoded(),
+        body.bootloader.version,
+        body.application.decoded(),
+        body.application.version,
+        body.quantity,
+    )
     return _json(await request.app[SERVICE].create_job(request[SUBJECT], spec))
 
 
@@ -168,7 +195,17 @@ async def result(request: web.Request) -> web.Response:
     job_id, uid = _path(request)
     body = await _body(request, api.ResultRequest)
     service = request.app[SERVICE]
-    return _json(await service.result(request[SUBJECT], job_id, uid, body.obj_id, body.outcome, body.step, body.reason))
+    return _json(
+        await service.result(
+            request[SUBJECT],
+            job_id,
+            uid,
+            body.obj_id,
+            outcome=body.outcome,
+            step=body.step,
+            reason=body.reason,
+        )
+    )
 
 
 async def openapi_document(request: web.Request) -> web.Response:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from nuwire import mcuboot
@@ -75,9 +74,13 @@ def _logging() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"),
-                    structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()],
-    )  # fmt: skip
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.dict_tracebacks,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -115,10 +118,13 @@ def job_command(args: argparse.Namespace) -> int:
         async with _admin(args) as cloud:
             if args.action == "create":
                 return await cloud.create_job(
-                    pdid=int(args.pdid, 0), bootloader=args.bootloader.read_bytes(), bootloader_version=args.bootloader_version,
-                    application=args.application.read_bytes(), application_version=args.application_version,
+                    pdid=int(args.pdid, 0),
+                    bootloader=args.bootloader.read_bytes(),
+                    bootloader_version=args.bootloader_version,
+                    application=args.application.read_bytes(),
+                    application_version=args.application_version,
                     quantity=args.quantity,
-                )  # fmt: skip
+                )
             if args.action == "list":
                 return await cloud.jobs()
             if args.action == "show":
@@ -160,9 +166,12 @@ def audit_command(args: argparse.Namespace) -> int:
             await service.engine.dispose()
 
     for row in anyio.run(rows):
-        print(json.dumps(row) if args.json else
-              f"{row['id']:>6} {row['time']} {row['action']:<12} {row['outcome']:<8} {row['uid'] or '-':<24} "
-              f"{row['job_id'] or '-':<16} {row['subject']}  {row['detail']}")  # fmt: skip
+        print(
+            json.dumps(row)
+            if args.json
+            else f"{row['id']:>6} {row['time']} {row['action']:<12} {row['outcome']:<8} "
+            f"{row['uid'] or '-':<24} {row['job_id'] or '-':<16} {row['subject']}  {row['detail']}"
+        )
     return 0
 
 

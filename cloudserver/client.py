@@ -61,8 +61,15 @@ def client_context(certificate: Path, key: Path, ca: Path) -> ssl.SSLContext:
 
 
 class CloudClient:
-    def __init__(self, url: str, context: ssl.SSLContext, *, attempts: int = 4, backoff: float = 0.2,
-                 timeout: httpx.Timeout = TIMEOUT) -> None:  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        context: ssl.SSLContext,
+        *,
+        attempts: int = 4,
+        backoff: float = 0.2,
+        timeout: httpx.Timeout = TIMEOUT,
+    ) -> None:
         self._http = httpx.AsyncClient(base_url=url, verify=context, timeout=timeout)
         self._attempts = attempts
         self._backoff = backoff
@@ -79,7 +86,9 @@ class CloudClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None, *, retry: bool = True) -> Any:
+    async def _call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, retry: bool = True
+    ) -> Any:
         attempts = self._attempts if retry else 1
         for attempt in range(attempts):
             try:
@@ -104,13 +113,22 @@ class CloudClient:
         answer: dict[str, Any] = await self._call("GET", f"/v1/devices/{uid}")
         return answer
 
-    async def create_job(self, *, pdid: int, bootloader: bytes, bootloader_version: str, application: bytes,
-                         application_version: str, quantity: int) -> dict[str, Any]:  # fmt: skip
+    async def create_job(
+        self,
+        *,
+        pdid: int,
+        bootloader: bytes,
+        bootloader_version: str,
+        application: bytes,
+        application_version: str,
+        quantity: int,
+    ) -> dict[str, Any]:
         body = {
-            "pdid": pdid, "quantity": quantity,
+            "pdid": pdid,
+            "quantity": quantity,
             "bootloader": {"body": base64.b64encode(bootloader).decode(), "version": bootloader_version},
             "application": {"body": base64.b64encode(application).decode(), "version": application_version},
-        }  # fmt: skip
+        }
         answer: dict[str, Any] = await self._call("POST", "/v1/jobs", body, retry=False)
         return answer
 
@@ -139,14 +157,18 @@ class CloudClient:
 
     async def application_key(self, job_id: str, uid: str, obj_id: str) -> bytes:
         """Step 7: the board's application public key (raw X||Y)."""
-        answer = await self._call("POST", f"/v1/jobs/{job_id}/devices/{uid}/application-key", {"obj_id": obj_id})
+        answer = await self._call(
+            "POST", f"/v1/jobs/{job_id}/devices/{uid}/application-key", {"obj_id": obj_id}
+        )
         return _public_key(answer["public_key"])
 
     async def application(self, job_id: str, uid: str, obj_id: str) -> SignedKey:
         """Step 11: the application signed with the board's application key."""
         return await self._signed(job_id, uid, obj_id, "application")
 
-    async def report(self, job_id: str, uid: str, obj_id: str, *, outcome: str, step: int, reason: str = "") -> None:
+    async def report(
+        self, job_id: str, uid: str, obj_id: str, *, outcome: str, step: int, reason: str = ""
+    ) -> None:
         """Step 13: PASS, or FAIL with the step and reason."""
         body = {"obj_id": obj_id, "outcome": outcome, "step": step, "reason": reason}
         await self._call("POST", f"/v1/jobs/{job_id}/devices/{uid}/results", body)
@@ -160,7 +182,9 @@ def _public_key(text: str) -> bytes:
 
 def _refusal(response: httpx.Response) -> CloudError:
     if response.status_code >= 500 or response.status_code == 429:
-        return CloudUnavailable(f"{response.request.method} {response.request.url.path}: HTTP {response.status_code}")
+        return CloudUnavailable(
+            f"{response.request.method} {response.request.url.path}: HTTP {response.status_code}"
+        )
     try:
         body = response.json()
         title, detail, field = str(body["title"]), str(body["detail"]), str(body.get("field", ""))

@@ -120,10 +120,12 @@ async def _v1(connection: AsyncConnection) -> None:
     await connection.run_sync(Base.metadata.create_all)
     if connection.dialect.name == "sqlite":
         for verb in ("UPDATE", "DELETE"):
-            await connection.execute(text(
-                f"CREATE TRIGGER audit_no_{verb.lower()} BEFORE {verb} ON audit "
-                "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
-            ))  # fmt: skip
+            await connection.execute(
+                text(
+                    f"CREATE TRIGGER audit_no_{verb.lower()} BEFORE {verb} ON audit "
+                    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
+                )
+            )
 
 
 MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [_v1]
@@ -157,4 +159,15 @@ def engine_for(url: str) -> AsyncEngine:
     return engine
 
 
-__all__ = ["AuditRow", "Device", "DeviceKey", "Job", "JobDevice", "Result", "SignedImage", "engine_for", "migrate", "select"]
+__all__ = [
+    "AuditRow",
+    "Device",
+    "DeviceKey",
+    "Job",
+    "JobDevice",
+    "Result",
+    "SignedImage",
+    "engine_for",
+    "migrate",
+    "select",
+]

@@ -72,7 +72,9 @@ class FileKeyStore:
         key = ec.generate_private_key(ec.SECP256R1())
         secret = key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
         nonce = os.urandom(12)
-        return NewKey(raw_public_key(key.public_key()), nonce + self._aead.encrypt(nonce, secret, b"nuprov key v1"))
+        return NewKey(
+            raw_public_key(key.public_key()), nonce + self._aead.encrypt(nonce, secret, b"nuprov key v1")
+        )
 
     def sign_digest(self, handle: bytes, digest: bytes) -> bytes:
         try:
@@ -94,7 +96,9 @@ class Pkcs11KeyStore:
         self._pkcs11 = pkcs11
         a = pkcs11.Attribute
         # python-pkcs11 fills every capability into an unwrap template; a signing key takes only SIGN.
-        self._sign_only = dict.fromkeys((a.ENCRYPT, a.DECRYPT, a.WRAP, a.UNWRAP, a.VERIFY, a.DERIVE), pkcs11.DEFAULT)
+        self._sign_only = dict.fromkeys(
+            (a.ENCRYPT, a.DECRYPT, a.WRAP, a.UNWRAP, a.VERIFY, a.DERIVE), pkcs11.DEFAULT
+        )
         self._lock = threading.Lock()
         try:
             lib = pkcs11.lib(library)
@@ -114,14 +118,24 @@ class Pkcs11KeyStore:
         p = self._pkcs11
         with self._lock:
             try:
-                return self._session.get_key(key_type=p.KeyType.AES, object_class=p.ObjectClass.SECRET_KEY, label=label)
+                return self._session.get_key(
+                    key_type=p.KeyType.AES, object_class=p.ObjectClass.SECRET_KEY, label=label
+                )
             except p.NoSuchKey:
                 return self._session.generate_key(
-                    p.KeyType.AES, 256, label=label, store=True,
-                    template={p.Attribute.SENSITIVE: True, p.Attribute.EXTRACTABLE: False,
-                              p.Attribute.WRAP: True, p.Attribute.UNWRAP: True,
-                              p.Attribute.ENCRYPT: False, p.Attribute.DECRYPT: False},
-                )  # fmt: skip
+                    p.KeyType.AES,
+                    256,
+                    label=label,
+                    store=True,
+                    template={
+                        p.Attribute.SENSITIVE: True,
+                        p.Attribute.EXTRACTABLE: False,
+                        p.Attribute.WRAP: True,
+                        p.Attribute.UNWRAP: True,
+                        p.Attribute.ENCRYPT: False,
+                        p.Attribute.DECRYPT: False,
+                    },
+                )
 
     def generate(self) -> NewKey:
         p = self._pkcs11
@@ -131,13 +145,18 @@ class Pkcs11KeyStore:
             public = private = None
             try:
                 parameters = self._session.create_domain_parameters(
-                    p.KeyType.EC, {p.Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True
+                    p.KeyType.EC,
+                    {p.Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+                    local=True,
                 )
                 public, private = parameters.generate_keypair(
                     store=False,
-                    private_template={p.Attribute.SENSITIVE: True, p.Attribute.EXTRACTABLE: True,
-                                      p.Attribute.SIGN: True},
-                )  # fmt: skip
+                    private_template={
+                        p.Attribute.SENSITIVE: True,
+                        p.Attribute.EXTRACTABLE: True,
+                        p.Attribute.SIGN: True,
+                    },
+                )
                 wrapped = self._kek.wrap_key(private, mechanism=p.Mechanism.AES_KEY_WRAP_PAD)
                 point = public[p.Attribute.EC_POINT]
             except p.PKCS11Error as error:
@@ -153,11 +172,14 @@ class Pkcs11KeyStore:
         with self._lock:
             try:
                 key = self._kek.unwrap_key(
-                    p.ObjectClass.PRIVATE_KEY, p.KeyType.EC, handle, mechanism=p.Mechanism.AES_KEY_WRAP_PAD,
-                    store=False, capabilities=p.MechanismFlag.SIGN,
-                    template={p.Attribute.SENSITIVE: True, p.Attribute.EXTRACTABLE: False,
-                              **self._sign_only},
-                )  # fmt: skip
+                    p.ObjectClass.PRIVATE_KEY,
+                    p.KeyType.EC,
+                    handle,
+                    mechanism=p.Mechanism.AES_KEY_WRAP_PAD,
+                    store=False,
+                    capabilities=p.MechanismFlag.SIGN,
+                    template={p.Attribute.SENSITIVE: True, p.Attribute.EXTRACTABLE: False, **self._sign_only},
+                )
                 try:
                     raw = key.sign(digest, mechanism=p.Mechanism.ECDSA)
                 finally:

@@ -26,11 +26,13 @@ VALIDITY = datetime.timedelta(days=825)
 
 
 def _name(common_name: str, unit: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "nuprov"),
-        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])  # fmt: skip
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "nuprov"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
@@ -84,7 +86,12 @@ def init_pki(folder: Path, stations: int) -> list[Path]:
     _write_key(folder / "ca.key", ca_key)
     server_extensions = [
         *_leaf_extensions(ExtendedKeyUsageOID.SERVER_AUTH),
-        (x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False),
+        (
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            False,
+        ),
     ]
     leaves = [("server", _name("localhost", "server"), server_extensions)]
     leaves.append(("admin", _name("admin", "admin"), _leaf_extensions(ExtendedKeyUsageOID.CLIENT_AUTH)))

@@ -22,11 +22,15 @@ async def open_service(settings: Settings, data: Path) -> Service:
     return Service(engine, settings.open_keystore(data), profile(settings.profile))
 
 
-async def run(settings: Settings, data: Path, *, task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
+async def run(
+    settings: Settings, data: Path, *, task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED
+) -> None:
     """Serve until cancelled; ``task_status`` gets the URL (with the port chosen when it was 0)."""
     service = await open_service(settings, data)
     tls = settings.tls
-    context = server_context(settings.path(data, tls.certificate), settings.path(data, tls.key), settings.path(data, tls.client_ca))
+    context = server_context(
+        settings.path(data, tls.certificate), settings.path(data, tls.key), settings.path(data, tls.client_ca)
+    )
     runner = web.AppRunner(application(service), access_log=None)
     await runner.setup()
     try:

@@ -62,22 +62,58 @@ class Service:
     # -- audit ------------------------------------------------------------------------------------
 
     @staticmethod
-    def _audit(session: AsyncSession, subject: str, action: str, uid: str | None = None, job_id: str | None = None,
-               detail: str = "", outcome: str = "ok") -> None:  # fmt: skip
-        session.add(AuditRow(time=now(), subject=subject, action=action, outcome=outcome, uid=uid, job_id=job_id, detail=detail))
+    def _audit(
+        session: AsyncSession,
+        subject: str,
+        action: str,
+        *,
+        uid: str | None = None,
+        job_id: str | None = None,
+        detail: str = "",
+        outcome: str = "ok",
+    ) -> None:
+        session.add(
+            AuditRow(
+                time=now(),
+                subject=subject,
+                action=action,
+                outcome=outcome,
+                uid=uid,
+                job_id=job_id,
+                detail=detail,
+            )
+        )
 
-    async def refusal(self, subject: str, action: str, refused: Refused, uid: str | None = None, job_id: str | None = None) -> None:
+    async def refusal(
+        self, subject: str, action: str, refused: Refused, uid: str | None = None, job_id: str | None = None
+    ) -> None:
         async with self._sessions.begin() as session:
-            self._audit(session, subject, "refuse", uid, job_id, f"{action}: {refused.status} {refused.detail}", "refused")
+            self._audit(
+                session,
+                subject,
+                "refuse",
+                uid=uid,
+                job_id=job_id,
+                detail=f"{action}: {refused.status} {refused.detail}",
+                outcome="refused",
+            )
 
     async def audit_rows(self) -> list[dict[str, Any]]:
         async with self._sessions() as session:
             rows = (await session.execute(select(AuditRow).order_by(AuditRow.id))).scalars()
             return [
-                {"id": r.id, "time": r.time.isoformat(), "subject": r.subject, "action": r.action,
-                 "outcome": r.outcome, "uid": r.uid, "job_id": r.job_id, "detail": r.detail}
+                {
+                    "id": r.id,
+                    "time": r.time.isoformat(),
+                    "subject": r.subject,
+                    "action": r.action,
+                    "outcome": r.outcome,
+                    "uid": r.uid,
+                    "job_id": r.job_id,
+                    "detail": r.detail,
+                }
                 for r in rows
-            ]  # fmt: skip
+            ]
 
     # -- devices ---------------------------------------------------------------------------------
 
@@ -88,7 +124,7 @@ class Service:
             if device is None:
                 device = Device(uid=uid, obj_id=secrets.token_hex(16), created=now())
                 session.add(device)
-            self._audit(session, subject, "register", uid, detail="new" if created else "repeat")
+            self._audit(session, subject, "register", uid=uid, detail="new" if created else "repeat")
         return {"uid": device.uid, "obj_id": device.obj_id, "created": device.created.isoformat()}
 
     async def device(self, uid: str) -> dict[str, Any]:
@@ -97,18 +133,42 @@ class Service:
             if device is None:
                 raise Refused(404, "unknown device", f"UID {uid} is not registered", "uid")
             keys = (await session.execute(select(DeviceKey).where(DeviceKey.uid == uid))).scalars()
-            results = (await session.execute(select(Result).where(Result.uid == uid).order_by(Result.id))).scalars()
-            history = (await session.execute(select(AuditRow).where(AuditRow.uid == uid).order_by(AuditRow.id))).scalars()
+            results = (
+                await session.execute(select(Result).where(Result.uid == uid).order_by(Result.id))
+            ).scalars()
+            history = (
+                await session.execute(select(AuditRow).where(AuditRow.uid == uid).order_by(AuditRow.id))
+            ).scalars()
             return {
                 "uid": uid,
                 "obj_id": device.obj_id,
                 "created": device.created.isoformat(),
-                "keys": [{"purpose": k.purpose, "public_key": k.public_key.hex(), "created": k.created.isoformat()} for k in keys],
-                "results": [{"job_id": r.job_id, "outcome": r.outcome, "step": r.step, "reason": r.reason,
-                             "reported_by": r.reported_by, "time": r.created.isoformat()} for r in results],
-                "history": [{"time": a.time.isoformat(), "action": a.action, "outcome": a.outcome, "job_id": a.job_id,
-                             "detail": a.detail} for a in history],
-            }  # fmt: skip
+                "keys": [
+                    {"purpose": k.purpose, "public_key": k.public_key.hex(), "created": k.created.isoformat()}
+                    for k in keys
+                ],
+                "results": [
+                    {
+                        "job_id": r.job_id,
+                        "outcome": r.outcome,
+                        "step": r.step,
+                        "reason": r.reason,
+                        "reported_by": r.reported_by,
+                        "time": r.created.isoformat(),
+                    }
+                    for r in results
+                ],
+                "history": [
+                    {
+                        "time": a.time.isoformat(),
+                        "action": a.action,
+                        "outcome": a.outcome,
+                        "job_id": a.job_id,
+                        "detail": a.detail,
+                    }
+                    for a in history
+                ],
+            }
 
     # -- jobs ------------------------------------------------------------------------------------
 
@@ -116,17 +176,28 @@ class Service:
         slot = getattr(self.profile, f"{slot_name}_slot")
         room = slot.size - slot.header_size - 512  # header and TLVs must fit too
         if not 0 < len(body) <= room:
-            raise Refused(422, "invalid image", f"{slot_name} body is {len(body)} bytes; the slot takes 1..{room}", slot_name)
+            raise Refused(
+                422,
+                "invalid image",
+                f"{slot_name} body is {len(body)} bytes; the slot takes 1..{room}",
+                slot_name,
+            )
 
     async def create_job(self, subject: str, spec: JobSpec) -> dict[str, Any]:
         self._check_body(spec.bootloader, "bootloader")
         self._check_body(spec.application, "application")
         job = Job(
-            id=f"job-{secrets.token_hex(6)}", pdid=spec.pdid, bootloader_body=spec.bootloader,
-            bootloader_version=spec.bootloader_version, application_body=spec.application,
-            application_version=spec.application_version, quantity=spec.quantity, state="open",
-            created=now(), created_by=subject,
-        )  # fmt: skip
+            id=f"job-{secrets.token_hex(6)}",
+            pdid=spec.pdid,
+            bootloader_body=spec.bootloader,
+            bootloader_version=spec.bootloader_version,
+            application_body=spec.application,
+            application_version=spec.application_version,
+            quantity=spec.quantity,
+            state="open",
+            created=now(),
+            created_by=subject,
+        )
         async with self._lock, self._sessions.begin() as session:
             session.add(job)
             self._audit(session, subject, "job_create", job_id=job.id, detail=f"quantity {spec.quantity}")
@@ -144,13 +215,24 @@ class Service:
                 raise Refused(404, "unknown job", f"job {job_id} does not exist", "job_id")
             used = await self._used(session, job_id)
             return {
-                "id": job.id, "pdid": job.pdid, "state": job.state, "quantity": job.quantity, "used": used,
-                "bootloader": {"version": job.bootloader_version, "size": len(job.bootloader_body),
-                               "sha256": hashlib.sha256(job.bootloader_body).hexdigest()},
-                "application": {"version": job.application_version, "size": len(job.application_body),
-                                "sha256": hashlib.sha256(job.application_body).hexdigest()},
-                "created": job.created.isoformat(), "created_by": job.created_by,
-            }  # fmt: skip
+                "id": job.id,
+                "pdid": job.pdid,
+                "state": job.state,
+                "quantity": job.quantity,
+                "used": used,
+                "bootloader": {
+                    "version": job.bootloader_version,
+                    "size": len(job.bootloader_body),
+                    "sha256": hashlib.sha256(job.bootloader_body).hexdigest(),
+                },
+                "application": {
+                    "version": job.application_version,
+                    "size": len(job.application_body),
+                    "sha256": hashlib.sha256(job.application_body).hexdigest(),
+                },
+                "created": job.created.isoformat(),
+                "created_by": job.created_by,
+            }
 
     async def close_job(self, subject: str, job_id: str) -> dict[str, Any]:
         async with self._lock, self._sessions.begin() as session:
@@ -163,7 +245,9 @@ class Service:
 
     @staticmethod
     async def _used(session: AsyncSession, job_id: str) -> int:
-        return int((await session.execute(select(func.count()).where(JobDevice.job_id == job_id))).scalar_one())
+        return int(
+            (await session.execute(select(func.count()).where(JobDevice.job_id == job_id))).scalar_one()
+        )
 
     # -- keys and images ---------------------------------------------------------------------------
 
@@ -177,29 +261,47 @@ class Service:
         if device is None:
             raise Refused(404, "unknown device", f"UID {uid} is not registered", "uid")
         if device.obj_id != obj_id:
-            raise Refused(409, "OBJ_ID mismatch", f"OBJ_ID {obj_id} is not the one registered for UID {uid}", "obj_id")
+            raise Refused(
+                409, "OBJ_ID mismatch", f"OBJ_ID {obj_id} is not the one registered for UID {uid}", "obj_id"
+            )
         return job
 
     async def _key(self, session: AsyncSession, subject: str, job: Job, uid: str, purpose: str) -> DeviceKey:
         if await session.get(JobDevice, (job.id, uid)) is None:
             used = await self._used(session, job.id)
             if used >= job.quantity:
-                raise Refused(409, "quota exhausted",
-                              f"job {job.id} has made all {job.quantity} boards; UID {uid} is not one of them", "uid")  # fmt: skip
+                raise Refused(
+                    409,
+                    "quota exhausted",
+                    f"job {job.id} has made all {job.quantity} boards; UID {uid} is not one of them",
+                    "uid",
+                )
             session.add(JobDevice(job_id=job.id, uid=uid, counted=now()))
-        key = (await session.execute(select(DeviceKey).where(DeviceKey.uid == uid, DeviceKey.purpose == purpose))).scalar()
+        key = (
+            await session.execute(select(DeviceKey).where(DeviceKey.uid == uid, DeviceKey.purpose == purpose))
+        ).scalar()
         if key is None:
             made = await anyio.to_thread.run_sync(self.keystore.generate)
-            key = DeviceKey(uid=uid, purpose=purpose, public_key=made.public_key, handle=made.handle,
-                            keystore=self.keystore.name, created=now())  # fmt: skip
+            key = DeviceKey(
+                uid=uid,
+                purpose=purpose,
+                public_key=made.public_key,
+                handle=made.handle,
+                keystore=self.keystore.name,
+                created=now(),
+            )
             session.add(key)
-            self._audit(session, subject, "key_create", uid, job.id, purpose)
+            self._audit(session, subject, "key_create", uid=uid, job_id=job.id, detail=purpose)
         return key
 
-    async def _image(self, session: AsyncSession, subject: str, job: Job, key: DeviceKey, purpose: str) -> SignedImage:
+    async def _image(
+        self, session: AsyncSession, subject: str, job: Job, key: DeviceKey, purpose: str
+    ) -> SignedImage:
         found = (
             await session.execute(
-                select(SignedImage).where(SignedImage.uid == key.uid, SignedImage.purpose == purpose, SignedImage.job_id == job.id)
+                select(SignedImage).where(
+                    SignedImage.uid == key.uid, SignedImage.purpose == purpose, SignedImage.job_id == job.id
+                )
             )
         ).scalar()
         if found is not None:
@@ -221,26 +323,53 @@ class Service:
             )
 
         image = await anyio.to_thread.run_sync(sign)
-        signed = SignedImage(uid=key.uid, purpose=purpose, job_id=job.id, image=image,
-                             sha256=hashlib.sha256(image).hexdigest(), created=now())  # fmt: skip
+        signed = SignedImage(
+            uid=key.uid,
+            purpose=purpose,
+            job_id=job.id,
+            image=image,
+            sha256=hashlib.sha256(image).hexdigest(),
+            created=now(),
+        )
         session.add(signed)
-        self._audit(session, subject, "sign", key.uid, job.id, f"{purpose} {version} sha256 {signed.sha256}")
+        self._audit(
+            session,
+            subject,
+            "sign",
+            uid=key.uid,
+            job_id=job.id,
+            detail=f"{purpose} {version} sha256 {signed.sha256}",
+        )
         return signed
 
-    async def _serve(self, subject: str, job_id: str, uid: str, obj_id: str, purpose: str, with_image: bool) -> dict[str, Any]:
+    async def _serve(
+        self, subject: str, job_id: str, uid: str, obj_id: str, *, purpose: str, with_image: bool
+    ) -> dict[str, Any]:
         for attempt in range(2):
             try:
                 async with self._lock, self._sessions.begin() as session:
                     job = await self._checked(session, job_id, uid, obj_id)
                     key = await self._key(session, subject, job, uid, purpose)
-                    answer: dict[str, Any] = {"uid": uid, "obj_id": obj_id, "job_id": job_id, "purpose": purpose,
-                                              "public_key": key.public_key.hex()}  # fmt: skip
+                    answer: dict[str, Any] = {
+                        "uid": uid,
+                        "obj_id": obj_id,
+                        "job_id": job_id,
+                        "purpose": purpose,
+                        "public_key": key.public_key.hex(),
+                    }
                     if with_image:
                         signed = await self._image(session, subject, job, key, purpose)
                         answer.update(image=signed.image, sha256=signed.sha256)
-                        self._audit(session, subject, "image_fetch", uid, job_id, f"{purpose} sha256 {signed.sha256}")
+                        self._audit(
+                            session,
+                            subject,
+                            "image_fetch",
+                            uid=uid,
+                            job_id=job_id,
+                            detail=f"{purpose} sha256 {signed.sha256}",
+                        )
                     else:
-                        self._audit(session, subject, "key_fetch", uid, job_id, purpose)
+                        self._audit(session, subject, "key_fetch", uid=uid, job_id=job_id, detail=purpose)
                 return answer
             except IntegrityError:
                 if attempt:  # another replica won the race twice: give up with a retryable error
@@ -248,29 +377,57 @@ class Service:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def bootloader(self, subject: str, job_id: str, uid: str, obj_id: str) -> dict[str, Any]:
-        return await self._serve(subject, job_id, uid, obj_id, "bootloader", with_image=True)
+        return await self._serve(subject, job_id, uid, obj_id, purpose="bootloader", with_image=True)
 
     async def application_key(self, subject: str, job_id: str, uid: str, obj_id: str) -> dict[str, Any]:
-        return await self._serve(subject, job_id, uid, obj_id, "application", with_image=False)
+        return await self._serve(subject, job_id, uid, obj_id, purpose="application", with_image=False)
 
     async def application(self, subject: str, job_id: str, uid: str, obj_id: str) -> dict[str, Any]:
-        return await self._serve(subject, job_id, uid, obj_id, "application", with_image=True)
+        return await self._serve(subject, job_id, uid, obj_id, purpose="application", with_image=True)
 
-    async def result(self, subject: str, job_id: str, uid: str, obj_id: str, outcome: str, step: int, reason: str) -> dict[str, Any]:
+    async def result(
+        self, subject: str, job_id: str, uid: str, obj_id: str, *, outcome: str, step: int, reason: str
+    ) -> dict[str, Any]:
         async with self._lock, self._sessions.begin() as session:
             job = await session.get(Job, job_id)
             if job is None:
                 raise Refused(404, "unknown job", f"job {job_id} does not exist", "job_id")
             device = await session.get(Device, uid)
             if device is None or device.obj_id != obj_id:
-                raise Refused(409, "OBJ_ID mismatch", f"UID {uid} with OBJ_ID {obj_id} is not registered", "obj_id")
-            exists = (await session.execute(select(Result).where(
-                Result.uid == uid, Result.job_id == job_id, Result.outcome == outcome, Result.step == step, Result.reason == reason
-            ))).scalar()  # fmt: skip
+                raise Refused(
+                    409, "OBJ_ID mismatch", f"UID {uid} with OBJ_ID {obj_id} is not registered", "obj_id"
+                )
+            exists = (
+                await session.execute(
+                    select(Result).where(
+                        Result.uid == uid,
+                        Result.job_id == job_id,
+                        Result.outcome == outcome,
+                        Result.step == step,
+                        Result.reason == reason,
+                    )
+                )
+            ).scalar()
             if exists is None:
-                session.add(Result(uid=uid, job_id=job_id, outcome=outcome, step=step, reason=reason,
-                                   reported_by=subject, created=now()))  # fmt: skip
-            self._audit(session, subject, "result", uid, job_id, f"{outcome} step {step}: {reason}"[:500])
+                session.add(
+                    Result(
+                        uid=uid,
+                        job_id=job_id,
+                        outcome=outcome,
+                        step=step,
+                        reason=reason,
+                        reported_by=subject,
+                        created=now(),
+                    )
+                )
+            self._audit(
+                session,
+                subject,
+                "result",
+                uid=uid,
+                job_id=job_id,
+                detail=f"{outcome} step {step}: {reason}"[:500],
+            )
         return {"uid": uid, "job_id": job_id, "outcome": outcome, "step": step, "reason": reason}
 
 

@@ -55,8 +55,10 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
     hsm = SoftHsm(config, "nuprov-test", "87654321", "12345678")
     subprocess.run(
         [util, "--init-token", "--free", "--label", hsm.token, "--so-pin", hsm.so_pin, "--pin", hsm.pin],
-        check=True, capture_output=True, env=os.environ,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        env=os.environ,
+    )
     return hsm
 
 
@@ -86,7 +88,9 @@ def hsm_cloud(tmp_path: Path, softhsm: SoftHsm) -> Iterator[Cloud]:
     data = _data(tmp_path)
     (data / "pin").write_text(softhsm.pin)
     settings = load(data)
-    settings.keystore = Pkcs11Store(type="pkcs11", token_label=softhsm.token, pin_file="pin", library=SOFTHSM_LIBRARY)
+    settings.keystore = Pkcs11Store(
+        type="pkcs11", token_label=softhsm.token, pin_file="pin", library=SOFTHSM_LIBRARY
+    )
     (data / "settings.json").write_text(settings.model_dump_json(indent=1))
     yield from _serve(data)
 
@@ -96,4 +100,3 @@ def foreign_pki(tmp_path: Path) -> Path:
     other = tmp_path / "other"
     init_pki(other, 1)
     return other
-

@@ -29,8 +29,14 @@ def uid(n: int) -> str:
 
 async def new_job(cloud: Cloud, quantity: int = 10) -> str:
     async with cloud.client("admin") as admin:
-        job = await admin.create_job(pdid=0xA1735440, bootloader=BOOT, bootloader_version="1.0.0",
-                                     application=APP, application_version="2.1.0+7", quantity=quantity)  # fmt: skip
+        job = await admin.create_job(
+            pdid=0xA1735440,
+            bootloader=BOOT,
+            bootloader_version="1.0.0",
+            application=APP,
+            application_version="2.1.0+7",
+            quantity=quantity,
+        )
     return str(job["id"])
 
 
@@ -42,8 +48,12 @@ def test_client_without_certificate_or_from_another_ca_is_refused(cloud: Cloud, 
     context = client_context(other / "admin.crt", other / "admin.key", ca)
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{cloud.url}/openapi.json", verify=context)
-    ok = httpx.get(f"{cloud.url}/openapi.json", verify=client_context(cloud.data / "pki" / "station-01.crt",
-                                                                     cloud.data / "pki" / "station-01.key", ca))  # fmt: skip
+    ok = httpx.get(
+        f"{cloud.url}/openapi.json",
+        verify=client_context(
+            cloud.data / "pki" / "station-01.crt", cloud.data / "pki" / "station-01.key", ca
+        ),
+    )
     assert ok.json()["openapi"] == "3.1.0"
 
 
@@ -53,9 +63,18 @@ def test_curl_with_and_without_a_certificate(cloud: Cloud) -> None:
     refused = subprocess.run([*base, f"{cloud.url}/v1/jobs"], capture_output=True, text=True, check=False)
     assert refused.stdout in ("000", "")  # the TLS handshake fails: no HTTP status at all
     allowed = subprocess.run(
-        [*base, "--cert", str(pki / "station-01.crt"), "--key", str(pki / "station-01.key"), f"{cloud.url}/v1/jobs"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            *base,
+            "--cert",
+            str(pki / "station-01.crt"),
+            "--key",
+            str(pki / "station-01.key"),
+            f"{cloud.url}/v1/jobs",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert allowed.stdout == "200"
 
 
@@ -63,8 +82,14 @@ def test_stations_cannot_manage_jobs_and_admins_can(cloud: Cloud) -> None:
     async def scenario() -> None:
         async with cloud.client("station-01") as station:
             with pytest.raises(CloudRefused) as refused:
-                await station.create_job(pdid=1, bootloader=BOOT, bootloader_version="1", application=APP,
-                                         application_version="1", quantity=1)  # fmt: skip
+                await station.create_job(
+                    pdid=1,
+                    bootloader=BOOT,
+                    bootloader_version="1",
+                    application=APP,
+                    application_version="1",
+                    quantity=1,
+                )
             assert refused.value.status == 403
             job_id = await new_job(cloud)
             with pytest.raises(CloudRefused) as closing:
@@ -133,15 +158,26 @@ def test_signed_images_pass_imgtool_verify_with_the_returned_key(cloud: Cloud, t
         job_id = await new_job(cloud)
         async with cloud.client() as station:
             obj_id = await station.register(uid(5))
-            return await station.bootloader(job_id, uid(5), obj_id), await station.application(job_id, uid(5), obj_id)
+            return await station.bootloader(job_id, uid(5), obj_id), await station.application(
+                job_id, uid(5), obj_id
+            )
 
     boot, app = anyio.run(scenario)
     for name, signed in (("bootloader", boot), ("application", app)):
         key = tmp_path / f"{name}.pem"
-        key.write_bytes(public_key_from_raw(signed.public_key).public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+        key.write_bytes(
+            public_key_from_raw(signed.public_key).public_bytes(
+                Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+            )
+        )
         image = tmp_path / f"{name}.bin"
         image.write_bytes(signed.image)
-        result = subprocess.run([venv_tool("imgtool"), "verify", "-k", str(key), str(image)], capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [venv_tool("imgtool"), "verify", "-k", str(key), str(image)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
     parsed = mcuboot.parse(app.image)
     assert parsed.body == APP
@@ -173,8 +209,12 @@ def test_results_and_device_history(cloud: Cloud) -> None:
         async with cloud.client() as station:
             obj_id = await station.register(uid(7))
             await station.bootloader(job_id, uid(7), obj_id)
-            await station.report(job_id, uid(7), obj_id, outcome="FAIL", step=8, reason="OTP entry 8 not blank")
-            await station.report(job_id, uid(7), obj_id, outcome="FAIL", step=8, reason="OTP entry 8 not blank")
+            await station.report(
+                job_id, uid(7), obj_id, outcome="FAIL", step=8, reason="OTP entry 8 not blank"
+            )
+            await station.report(
+                job_id, uid(7), obj_id, outcome="FAIL", step=8, reason="OTP entry 8 not blank"
+            )
             with pytest.raises(CloudRefused):
                 await station.report(job_id, uid(7), "f" * 32, outcome="PASS", step=13)
             return await station.device(uid(7))
@@ -182,7 +222,15 @@ def test_results_and_device_history(cloud: Cloud) -> None:
     device = anyio.run(scenario)
     assert [r["reason"] for r in device["results"]] == ["OTP entry 8 not blank"]
     assert [k["purpose"] for k in device["keys"]] == ["bootloader"]
-    assert [h["action"] for h in device["history"]] == ["register", "key_create", "sign", "image_fetch", "result", "result", "refuse"]
+    assert [h["action"] for h in device["history"]] == [
+        "register",
+        "key_create",
+        "sign",
+        "image_fetch",
+        "result",
+        "result",
+        "refuse",
+    ]
 
 
 def test_audit_log_has_exactly_the_expected_rows(cloud: Cloud) -> None:
@@ -200,19 +248,31 @@ def test_audit_log_has_exactly_the_expected_rows(cloud: Cloud) -> None:
         return job_id
 
     job_id = anyio.run(scenario)
-    result = subprocess.run([venv_tool("cloudserver"), "audit", "--data", str(cloud.data), "--json"],
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    result = subprocess.run(
+        [venv_tool("cloudserver"), "audit", "--data", str(cloud.data), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     import json  # noqa: PLC0415
 
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     station, admin = "CN=station-01,OU=station,O=nuprov", "CN=admin,OU=admin,O=nuprov"
     expected = [
-        (admin, "job_create", None), (station, "register", uid(1)), (station, "key_create", uid(1)),
-        (station, "sign", uid(1)), (station, "image_fetch", uid(1)), (station, "image_fetch", uid(1)),
-        (station, "key_create", uid(1)), (station, "key_fetch", uid(1)), (station, "sign", uid(1)),
-        (station, "image_fetch", uid(1)), (station, "result", uid(1)), (station, "register", uid(2)),
+        (admin, "job_create", None),
+        (station, "register", uid(1)),
+        (station, "key_create", uid(1)),
+        (station, "sign", uid(1)),
+        (station, "image_fetch", uid(1)),
+        (station, "image_fetch", uid(1)),
+        (station, "key_create", uid(1)),
+        (station, "key_fetch", uid(1)),
+        (station, "sign", uid(1)),
+        (station, "image_fetch", uid(1)),
+        (station, "result", uid(1)),
+        (station, "register", uid(2)),
         (station, "refuse", uid(2)),
-    ]  # fmt: skip
+    ]
     assert [(r["subject"], r["action"], r["uid"]) for r in rows] == expected
     assert all(r["job_id"] == job_id for r in rows[2:11])
 

@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -41,7 +42,9 @@ def test_made_keys_sign_digests_that_verify(store: KeyStore) -> None:
     made = store.generate()
     assert len(made.public_key) == 64
     assert verifies(made.public_key, store.sign_digest(made.handle, DIGEST))
-    assert not verifies(made.public_key, store.sign_digest(made.handle, DIGEST), hashlib.sha256(b"other").digest())
+    assert not verifies(
+        made.public_key, store.sign_digest(made.handle, DIGEST), hashlib.sha256(b"other").digest()
+    )
 
 
 def test_every_key_is_new_and_the_handle_hides_the_key(store: KeyStore) -> None:
@@ -75,20 +78,38 @@ def test_pkcs11_private_keys_are_sensitive_and_not_extractable(softhsm: SoftHsm)
     made = store.generate()
     token = pkcs11.lib(SOFTHSM_LIBRARY).get_token(token_label=softhsm.token)
     with token.open(rw=True) as session:  # logged in already: PKCS#11 login is per process
-        kek = session.get_key(key_type=KeyType.AES, object_class=ObjectClass.SECRET_KEY, label="nuprov-kek")
+        kek: Any = session.get_key(
+            key_type=KeyType.AES, object_class=ObjectClass.SECRET_KEY, label="nuprov-kek"
+        )
         assert kek[Attribute.SENSITIVE] is True
         assert kek[Attribute.EXTRACTABLE] is False
         assert kek[Attribute.TOKEN] is True
         with pytest.raises(pkcs11.PKCS11Error):
             kek[Attribute.VALUE]
         # The signing copy as the store makes it: unwrapped inside the token, never readable.
-        key = kek.unwrap_key(
-            ObjectClass.PRIVATE_KEY, KeyType.EC, made.handle, mechanism=pkcs11.Mechanism.AES_KEY_WRAP_PAD,
-            store=False, capabilities=MechanismFlag.SIGN,
-            template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
-                      **dict.fromkeys((Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.WRAP, Attribute.UNWRAP,
-                                       Attribute.VERIFY, Attribute.DERIVE), pkcs11.DEFAULT)},
-        )  # fmt: skip
+        key: Any = kek.unwrap_key(
+            ObjectClass.PRIVATE_KEY,
+            KeyType.EC,
+            made.handle,
+            mechanism=pkcs11.Mechanism.AES_KEY_WRAP_PAD,
+            store=False,
+            capabilities=MechanismFlag.SIGN,
+            template={
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                **dict.fromkeys(
+                    (
+                        Attribute.ENCRYPT,
+                        Attribute.DECRYPT,
+                        Attribute.WRAP,
+                        Attribute.UNWRAP,
+                        Attribute.VERIFY,
+                        Attribute.DERIVE,
+                    ),
+                    pkcs11.DEFAULT,
+                ),
+            },
+        )
         assert key[Attribute.SENSITIVE] is True
         assert key[Attribute.EXTRACTABLE] is False
         with pytest.raises(pkcs11.PKCS11Error):
@@ -96,9 +117,12 @@ def test_pkcs11_private_keys_are_sensitive_and_not_extractable(softhsm: SoftHsm)
         with pytest.raises(pkcs11.PKCS11Error):
             kek.wrap_key(key)
         # No per-device key is left in the token: the fleet lives in the database as wrapped blobs.
-        assert list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.TOKEN: True})) == []
+        assert (
+            list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.TOKEN: True})) == []
+        )
         key.destroy()
-    assert made.handle and verifies(made.public_key, store.sign_digest(made.handle, DIGEST))
+    assert made.handle
+    assert verifies(made.public_key, store.sign_digest(made.handle, DIGEST))
 
 
 def test_a_missing_token_is_a_key_store_error(softhsm: SoftHsm) -> None:
