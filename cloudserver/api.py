@@ -195,7 +195,7 @@ def openapi() -> dict[str, Any]:
             },
             "/v1/devices/{uid}": {
                 "get": op(
-                    "a device with its keys, results and history", "station or admin", None, anything, [uid]
+                    "a device with its keys, results and history", "station or admin", None, anything, (uid,)
                 )
             },
             "/v1/jobs": {
@@ -210,7 +210,7 @@ def openapi() -> dict[str, Any]:
                     provision,
                     DeviceRequest,
                     ImageAnswer,
-                    [job, uid],
+                    (job, uid),
                 )
             },
             "/v1/jobs/{job_id}/devices/{uid}/application-key": {
@@ -219,7 +219,7 @@ def openapi() -> dict[str, Any]:
                     provision,
                     DeviceRequest,
                     KeyAnswer,
-                    [job, uid],
+                    (job, uid),
                 )
             },
             "/v1/jobs/{job_id}/devices/{uid}/application": {
@@ -228,7 +228,7 @@ def openapi() -> dict[str, Any]:
                     provision,
                     DeviceRequest,
                     ImageAnswer,
-                    [job, uid],
+                    (job, uid),
                 )
             },
             "/v1/jobs/{job_id}/devices/{uid}/results": {
@@ -237,7 +237,7 @@ def openapi() -> dict[str, Any]:
                     provision,
                     ResultRequest,
                     anything,
-                    [job, uid],
+                    (job, uid),
                 )
             },
         },

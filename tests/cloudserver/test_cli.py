@@ -1,0 +1,61 @@
+"""The cloudserver command line: init, serve, job, device, audit, with real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import venv_tool
+
+
+def cloudserver(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [venv_tool("cloudserver"), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_init_serve_job_device_audit(tmp_path: Path) -> None:
+    data = tmp_path / "cloud"
+    assert cloudserver("init", "--data", str(data), "--stations", "3").returncode == 0
+    assert (data / "pki" / "station-03.crt").exists()
+    assert oct((data / "master.key").stat().st_mode & 0o777) == "0o600"
+    assert cloudserver("init", "--data", str(data)).returncode == 2  # never overwrites
+    server = subprocess.Popen([venv_tool("cloudserver"), "serve", "--data", str(data), "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (data / "serve.json").exists():
+            assert server.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        body = tmp_path / "body.bin"
+        body.write_bytes(os.urandom(2000))
+        created = cloudserver(
+            "job", "create", "--data", str(data), "--pdid", "0xA1735440", "--bootloader", str(body),
+            "--bootloader-version", "1.0.0", "--application", str(body), "--application-version", "1.2.3",
+            "--quantity", "5",
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        job = json.loads(created.stdout)
+        assert job["quantity"] == 5
+        listed = json.loads(cloudserver("job", "list", "--data", str(data)).stdout)
+        assert [j["id"] for j in listed] == [job["id"]]
+        closed = json.loads(cloudserver("job", "close", "--data", str(data), job["id"]).stdout)
+        assert closed["state"] == "closed"
+        missing = cloudserver("device", "show", "--data", str(data), "0" * 24)
+        assert missing.returncode == 1
+        assert "not registered" in missing.stderr
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    audit = cloudserver("audit", "--data", str(data))
+    lines = audit.stdout.splitlines()
+    assert [line.split()[2] for line in lines] == ["job_create", "job_close", "refuse"]
+    assert "CN=admin,OU=admin,O=nuprov" in lines[0]
+    broken = cloudserver("serve", "--data", str(tmp_path / "nowhere"))
+    assert broken.returncode == 2
+    assert "settings.json" in broken.stderr
