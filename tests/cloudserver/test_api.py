@@ -306,3 +306,31 @@ def test_client_retries_then_reports_unavailable(tmp_path: Path) -> None:
 def test_the_same_contract_holds_with_keys_in_the_hsm(hsm_cloud: Cloud, tmp_path: Path) -> None:
     test_fifty_concurrent_repeats_give_one_key_and_identical_images(hsm_cloud)
     test_signed_images_pass_imgtool_verify_with_the_returned_key(hsm_cloud, tmp_path)
+
+
+def test_no_audit_row_means_no_action(cloud: Cloud) -> None:
+    import sqlite3  # noqa: PLC0415
+
+    from cloudserver.server import open_service  # noqa: PLC0415
+    from cloudserver.service import Refused  # noqa: PLC0415
+    from cloudserver.settings import load  # noqa: PLC0415
+
+    connection = sqlite3.connect(cloud.data / "cloud.db")
+    connection.execute(
+        "CREATE TRIGGER audit_full BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+    connection.commit()
+
+    async def scenario() -> None:
+        service = await open_service(load(cloud.data), cloud.data)
+        try:
+            with pytest.raises(Exception, match="disk full"):
+                await service.register("CN=test", uid(4))
+            with pytest.raises(Refused, match="not registered"):
+                await service.device(uid(4))
+        finally:
+            await service.engine.dispose()
+
+    anyio.run(scenario)
+    assert connection.execute("SELECT COUNT(*) FROM devices").fetchone() == (0,)
+    connection.close()
