@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m orchestrator.walkthrough
+	$(BIN)/orchestrator demo --workdir demo-run
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

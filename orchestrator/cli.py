@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,8 +45,58 @@ def otp_words(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_config(args: argparse.Namespace) -> int:
+    from orchestrator.config import ConfigError, load  # noqa: PLC0415
+
+    try:
+        config = load(args.file)
+    except ConfigError as error:
+        print(f"orchestrator: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: line {config.line}, {len(config.stations)} stations, job {config.job_id}: ok")
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    import anyio  # noqa: PLC0415
+
+    from orchestrator import logs  # noqa: PLC0415
+    from orchestrator.config import ConfigError, load  # noqa: PLC0415
+    from orchestrator.daemon import run  # noqa: PLC0415
+
+    try:
+        config = load(args.config)
+    except ConfigError as error:
+        print(f"orchestrator: error: {error}", file=sys.stderr)
+        return 2
+    logs.configure(args.log_file)
+    anyio.run(run, config, args.journal)
+    return 0
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    from orchestrator.demo import demo  # noqa: PLC0415
+
+    return demo(stations=args.stations, boards=args.boards, workdir=args.workdir, baud=args.baud, app_size=args.app_size)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     top, commands = parser("orchestrator", "The factory-line provisioning daemon.")
+    cmd = commands.add_parser("run", help="run the line daemon until SIGTERM")
+    cmd.add_argument("--config", type=Path, required=True, help="stations.yaml")
+    cmd.add_argument("--journal", type=Path, default=Path("journal.db"))
+    cmd.add_argument("--log-file", type=Path, default=Path("logs/orchestrator.jsonl"))
+    cmd.set_defaults(handler=run_command)
+    cmd = commands.add_parser("check-config", help="validate a stations.yaml; errors name file, line and field")
+    cmd.add_argument("file", type=Path)
+    cmd.set_defaults(handler=check_config)
+    cmd = commands.add_parser("demo", help="a whole simulated line on 127.0.0.1, with a live view and report.json")
+    cmd.add_argument("--stations", type=int, default=4)
+    cmd.add_argument("--boards", type=int, default=2, help="boards per station")
+    cmd.add_argument("--workdir", type=Path, default=Path("demo-run"))
+    cmd.add_argument("--baud", type=int, default=921_600)
+    cmd.add_argument("--app-size", type=int, default=16 * 1024)
+    cmd.set_defaults(handler=demo_command)
     cmd = commands.add_parser("image-info", help="parse an MCUboot image, and verify it with --key")
     cmd.add_argument("image", type=Path)
     cmd.add_argument("--key", type=Path, help="PEM public or private key to verify with")

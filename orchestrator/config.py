@@ -1,0 +1,142 @@
+"""stations.yaml: the line's configuration, validated.
+
+Every error names the file, the line and the field (``stations.yaml:14: stations.1.uart: ...``).
+Unknown keys, wrong types, and two stations sharing a probe or a UART are errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nuwire.keys import public_key_from_raw
+
+
+class ConfigError(Exception):
+    """An invalid stations.yaml; the message names file, line and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Cloud(_Strict):
+    url: str = Field(pattern=r"^https://")
+    client_certificate: Path
+    client_key: Path
+    ca: Path
+
+
+class SecureIsp(_Strict):
+    rom_public_key: str = Field(description="the ROM's static ECDH public key, raw X||Y hex")
+    bootloader_public_key: str
+    station_key: Path = Field(description="PEM: this line's static ECDH private key")
+
+    @field_validator("rom_public_key", "bootloader_public_key")
+    @classmethod
+    def _point(cls, value: str) -> str:
+        try:
+            public_key_from_raw(bytes.fromhex(value))
+        except ValueError as error:
+            raise ValueError(f"not a P-256 public key (128 hex digits X||Y): {error}") from None
+        return value
+
+
+class Retry(_Strict):
+    attempts: int = Field(default=4, ge=1, le=20)
+    backoff_s: float = Field(default=0.2, gt=0, le=30)
+
+
+class StepClass(_Strict):
+    timeout_s: float = Field(gt=0, le=600)
+    retry: Retry = Retry()
+
+
+class Defaults(_Strict):
+    debug: StepClass = StepClass(timeout_s=60)
+    uart: StepClass = StepClass(timeout_s=2)
+    cloud: StepClass = StepClass(timeout_s=30, retry=Retry(attempts=6, backoff_s=0.5))
+
+
+class Station(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    probe: str = Field(min_length=1, description="pyOCD unique id")
+    usb_port: str = ""
+    uart: str = Field(min_length=1)
+    baud: int = Field(default=115_200, ge=1200, le=12_000_000)
+    enabled: bool = True
+
+
+class LineConfig(_Strict):
+    line: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,60}$")
+    target_profile: str = "M2354"
+    cloud: Cloud
+    job_id: str
+    secureisp: SecureIsp
+    defaults: Defaults = Defaults()
+    stations: list[Station]
+
+    @field_validator("stations")
+    @classmethod
+    def _unique(cls, stations: list[Station]) -> list[Station]:
+        for field in ("name", "probe", "uart"):
+            seen: dict[str, int] = {}
+            for index, station in enumerate(stations):
+                value = getattr(station, field)
+                if value in seen:
+                    raise ValueError(f"{index}.{field}: {value!r} is already used by station {seen[value]}")
+                seen[value] = index
+        return stations
+
+
+def _line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the value at ``path`` in a composed YAML document (the nearest known)."""
+    line = None if node is None else node.start_mark.line + 1
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            node = next((value for key, value in node.value if key.value == str(part)), None)
+            if node is None:
+                break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def load(path: Path) -> LineConfig:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+        tree = yaml.compose(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(error, 'problem', error)}") from None
+    try:
+        config = LineConfig.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        loc = tuple(first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        if loc == ("stations",) and ": " in message and message.split(".")[0].isdigit():
+            index, rest = message.split(".", 1)
+            field, message = rest.split(": ", 1)
+            loc = ("stations", int(index), field)
+        field_path = ".".join(str(part) for part in loc) or "(top)"
+        raise ConfigError(f"{path}:{_line_of(tree, loc) or 1}: {field_path}: {message}") from None
+    base = path.parent
+    for attribute in ("client_certificate", "client_key", "ca"):
+        value = getattr(config.cloud, attribute)
+        if not value.is_absolute():
+            setattr(config.cloud, attribute, base / value)
+    if not config.secureisp.station_key.is_absolute():
+        config.secureisp.station_key = base / config.secureisp.station_key
+    return config

@@ -1,0 +1,110 @@
+"""The line's journal: SQLite (WAL, synchronous=FULL) on the line PC.
+
+One row per board (its identity, the public keys and digests it was given, its outcome) and one row
+per step event: ``intent`` before a step starts and ``result`` when it ends, with its outputs. Never
+a private key or a session key: the columns hold public keys, digests, OBJ_IDs and reasons only.
+After a crash, a step with an intent and no result is settled by reading the board back.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS boards (
+    uid TEXT PRIMARY KEY, obj_id TEXT, station TEXT, job_id TEXT,
+    bootloader_key TEXT, application_key TEXT,
+    outcome TEXT, failed_step INTEGER, reason TEXT,
+    started REAL, finished REAL
+);
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, uid TEXT NOT NULL, station TEXT, step INTEGER NOT NULL,
+    phase TEXT NOT NULL, attempt INTEGER, outcome TEXT, outputs TEXT, time REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS steps_uid ON steps (uid, step);
+"""
+FINAL = ("PASS", "FAIL", "QUARANTINE")
+
+
+@dataclass
+class Board:
+    uid: str
+    obj_id: str | None = None
+    station: str | None = None
+    job_id: str | None = None
+    bootloader_key: str | None = None
+    application_key: str | None = None
+    outcome: str | None = None
+    failed_step: int | None = None
+    reason: str | None = None
+    started: float | None = None
+    finished: float | None = None
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Journal {self.path}>"
+
+    def close(self) -> None:
+        self._db.close()
+
+    def board(self, uid: str) -> Board | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM boards WHERE uid = ?", (uid,)).fetchone()
+        return None if row is None else Board(*row)
+
+    def save(self, board: Board) -> None:
+        values = vars(board)
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self._lock:
+            self._db.execute(f"INSERT OR REPLACE INTO boards ({columns}) VALUES ({marks})", tuple(values.values()))  # noqa: S608  # columns are our own field names
+
+    def event(self, uid: str, station: str, step: int, phase: str, *, attempt: int = 1, outcome: str = "",
+              outputs: dict[str, Any] | None = None) -> None:  # fmt: skip
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO steps (uid, station, step, phase, attempt, outcome, outputs, time) VALUES (?,?,?,?,?,?,?,?)",
+                (uid, station, step, phase, attempt, outcome, json.dumps(outputs or {}), time.time()),
+            )
+
+    def open_intents(self, uid: str) -> list[int]:
+        """Steps with an intent whose result was never written (a crash in between)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT step, phase FROM steps WHERE uid = ? ORDER BY id", (uid,)
+            ).fetchall()
+        pending: dict[int, bool] = {}
+        for step, phase in rows:
+            pending[step] = phase == "intent"
+        return [step for step, open_ in pending.items() if open_]
+
+    def finished(self) -> list[Board]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM boards WHERE outcome IN ('PASS','FAIL','QUARANTINE')").fetchall()
+        return [Board(*row) for row in rows]
+
+    def steps(self, uid: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT step, phase, attempt, outcome, outputs, time FROM steps WHERE uid = ? ORDER BY id", (uid,)
+            ).fetchall()
+        return [
+            {"step": s, "phase": p, "attempt": a, "outcome": o, "outputs": json.loads(out), "time": t}
+            for s, p, a, o, out, t in rows
+        ]

@@ -1,0 +1,228 @@
+"""pyOCD in a worker process, one per probe (pyOCD changes the process's working directory, keeps
+process-wide session state and its calls cannot be cancelled; see the project's pyOCD notes).
+
+The worker runs :func:`serve` on one end of a pipe: requests ``(operation, args)``, answers
+``("ok", value)`` or ``("error", kind, message)`` with kind ``not_detected``, ``probe`` (unplugged or
+USB failure), ``transfer`` (SWD fault) or ``failed``. The daemon side, :class:`ProbeWorker`, gives
+every call a hard timeout and kills and restarts a worker that hangs. No pyOCD call runs on the
+daemon's event loop.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import tempfile
+from multiprocessing.connection import Connection
+from typing import Any
+
+import anyio
+
+from nuwire.profiles import FmcCommand, TargetProfile, profile
+
+
+class ProbeFailure(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in ("probe", "transfer", "timeout")
+
+
+class _Target:
+    """The board's FMC driven through pyOCD, the way the ROM's own code would drive it."""
+
+    def __init__(self, session: Any, target_profile: TargetProfile) -> None:
+        self.session = session
+        self.t = session.target
+        self.p = target_profile
+
+    def unlock(self) -> None:
+        for value in self.p.unlock_sequence:
+            self.t.write32(self.p.reglctl, value)
+        f = self.p.fmc
+        self.t.write32(f.base + f.ispctl, f.ispen | f.apuen | f.cfguen | f.lduen)
+
+    def isp(self, command: int, address: int, data: int = 0) -> tuple[int, int, int]:
+        f = self.p.fmc
+        self.t.write32(f.base + f.ispcmd, command)
+        self.t.write32(f.base + f.ispaddr, address)
+        self.t.write32(f.base + f.ispdat, data)
+        self.t.write32(f.base + f.isptrg, f.ispgo)
+        while self.t.read32(f.base + f.isptrg) & f.ispgo:
+            pass
+        ctl = self.t.read32(f.base + f.ispctl)
+        if ctl & f.ispff:
+            self.t.write32(f.base + f.ispctl, ctl | f.ispff)
+            raise ProbeFailure("failed", f"FMC command 0x{command:02X} at 0x{address:08X} set ISPFF")
+        return (self.t.read32(f.base + f.ispdat), self.t.read32(f.base + f.mpdat0), self.t.read32(f.base + f.mpdat1))
+
+    def uid(self) -> list[int]:
+        self.unlock()
+        return [self.isp(FmcCommand.READ_UID, 4 * i)[0] for i in range(3)]
+
+    def read_words(self, address: int, count: int) -> list[int]:
+        self.unlock()
+        return [self.isp(FmcCommand.READ, address + 4 * i)[0] for i in range(count)]
+
+    def read_otp(self, entries: list[int]) -> list[tuple[int, int]]:
+        self.unlock()
+        out = []
+        for entry in entries:
+            _, low, high = self.isp(FmcCommand.READ_64, self.p.otp.entry_address(entry))
+            out.append((low, high))
+        return out
+
+    def program_words(self, address: int, words: list[int]) -> None:
+        self.unlock()
+        for i, word in enumerate(words):
+            self.isp(FmcCommand.PROGRAM, address + 4 * i, word)
+
+    def flash(self, address: int, data: bytes) -> None:
+        from pyocd.flash.loader import MemoryLoader  # noqa: PLC0415
+
+        loader = MemoryLoader(self.session, smart_flash=False)
+        loader.add_data(address, list(data))
+        loader.commit()
+
+    def read_memory(self, address: int, length: int) -> bytes:
+        return bytes(self.t.read_memory_block8(address, length))
+
+    def reset(self) -> None:
+        self.t.reset_and_halt()
+
+
+def serve(connection: Connection, unique_id: str, profile_name: str, frequency: int) -> None:  # pragma: no cover - runs in the worker process
+    """The worker process: open sessions on demand, carry out requests, answer on the pipe."""
+    import logging  # noqa: PLC0415
+
+    from pyocd.core import exceptions  # noqa: PLC0415
+    from pyocd.core.helpers import ConnectHelper  # noqa: PLC0415
+
+    logging.getLogger("pyocd").setLevel(logging.CRITICAL)  # failures come back on the pipe, not the console
+    target_profile = profile(profile_name)
+    workdir = tempfile.mkdtemp(prefix="probe-")
+    session: Any = None
+
+    def close() -> None:
+        nonlocal session
+        if session is not None:
+            try:
+                session.close()
+            except Exception:  # noqa: BLE001, S110  # a dead probe or a locked target fails to close cleanly
+                pass
+            session = None
+
+    while True:
+        try:
+            operation, args = connection.recv()
+        except EOFError:
+            close()
+            return
+        try:
+            if operation == "close":
+                close()
+                connection.send(("ok", None))
+                continue
+            if session is None:
+                session = ConnectHelper.session_with_chosen_probe(
+                    unique_id=unique_id, target_override=target_profile.pyocd_target, blocking=False,
+                    options={"project_dir": workdir, "no_config": True, "frequency": frequency,
+                             "hide_programming_progress": True},
+                )  # fmt: skip
+                if session is None:
+                    raise ProbeFailure("probe", f"no probe {unique_id}")
+                session.open()
+            target = _Target(session, target_profile)
+            if operation == "lock_and_reset":
+                lock = target_profile.debug_lock
+                target.program_words(lock.config_address, [0xFFFFFFFF & ~lock.mask])
+                try:
+                    target.t.reset()
+                except exceptions.Error:
+                    pass  # the locked port stops answering during pyOCD's post-reset check
+                close()
+                connection.send(("ok", None))
+                continue
+            connection.send(("ok", getattr(target, operation)(*args)))
+        except ProbeFailure as failure:
+            connection.send(("error", failure.kind, str(failure)))
+        except exceptions.ProbeError as error:
+            close()
+            connection.send(("error", "probe", str(error)))
+        except exceptions.TransferFaultError as error:
+            connection.send(("error", "transfer", str(error)))
+        except exceptions.Error as error:
+            close()
+            kind = "not_detected" if "not detected" in str(error) or "No ACK" in str(error) else "probe"
+            connection.send(("error", kind, str(error)))
+        except Exception as error:  # noqa: BLE001  # any other failure goes back to the daemon, never kills the worker
+            close()
+            connection.send(("error", "failed", f"{type(error).__name__}: {error}"))
+
+
+class ProbeWorker:
+    """The daemon's handle on one probe's worker process."""
+
+    def __init__(self, unique_id: str, profile_name: str, *, frequency: int = 4_000_000) -> None:
+        self.unique_id = unique_id
+        self.profile_name = profile_name
+        self.frequency = frequency
+        self.restarts = 0
+        self._process: Any = None
+        self._connection: Connection | None = None
+        self._lock = anyio.Lock()
+
+    def __repr__(self) -> str:
+        alive = self._process is not None and self._process.is_alive()
+        return f"<ProbeWorker {self.unique_id} alive={alive} restarts={self.restarts}>"
+
+    def _start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        self._process = context.Process(target=serve, args=(child, self.unique_id, self.profile_name, self.frequency), daemon=True)
+        self._process.start()
+        child.close()
+        self._connection = parent
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.join(5)
+            self._process = None
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def call(self, operation: str, *args: Any, timeout: float) -> Any:
+        async with self._lock:
+            if self._process is None or not self._process.is_alive():
+                if self._process is not None:
+                    self.restarts += 1
+                self.kill()
+                self._start()
+            connection = self._connection
+            assert connection is not None  # noqa: S101  # started just above
+            connection.send((operation, args))
+            try:
+                with anyio.fail_after(timeout):
+                    answer = await anyio.to_thread.run_sync(connection.recv, abandon_on_cancel=True)
+            except TimeoutError:
+                self.restarts += 1
+                self.kill()  # a hung probe: kill and start afresh next time
+                raise ProbeFailure("timeout", f"{operation} took longer than {timeout} s") from None
+            except EOFError:
+                self.kill()
+                raise ProbeFailure("probe", f"the worker for {self.unique_id} died") from None
+        if answer[0] == "ok":
+            return answer[1]
+        raise ProbeFailure(answer[1], answer[2])
+
+    async def aclose(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            try:
+                await self.call("close", timeout=10)
+            except ProbeFailure:
+                pass
+        self.kill()

@@ -1,0 +1,384 @@
+"""One station: find a board, take it through the sequence, journal every step, never break an
+invariant (../shared/DESIGN.md), whatever crashes.
+
+Before an irreversible step (OTP, lock) the station re-reads the board's UID and the target words:
+a value already there is done; blank is written after an intent is journaled, then read back and
+recorded; anything else is QUARANTINE, never a second write. Steps retry by class (debug, cloud,
+uart) with exponential backoff and jitter; the UART steps 8-13 retry together, since a brown-out or a
+lost session restarts the download from the ROM.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+import structlog
+from cryptography.hazmat.primitives.asymmetric import ec
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from cloudserver.client import CloudClient, CloudError
+from nuwire import mcuboot
+from nuwire.ids import RECORD_SIZE, decode_obj_id_record, encode_obj_id_record, format_uid, parse_obj_id
+from nuwire.keys import key_hash, public_key_from_raw
+from nuwire.profiles import TargetProfile
+from nuwire.secureisp import messages as m
+from nuwire.secureisp.commands import Status
+from nuwire.secureisp.session import HostSession
+from nuwire.secureisp.states import Role
+from orchestrator.config import LineConfig, Station
+from orchestrator.journal import FINAL, Board, Journal
+from orchestrator.probe_worker import ProbeFailure, ProbeWorker
+from orchestrator.steps import BY_NUMBER, StepClass
+from orchestrator.uart import UartFailure, UartLink
+
+T = TypeVar("T")
+ERASED = 0xFFFFFFFF
+
+
+class Fatal(Exception):
+    """The board fails here; retrying cannot help (quota, signature mismatch)."""
+
+
+class Quarantine(Exception):
+    """The board holds something it should not (a foreign OTP value): a person decides."""
+
+
+class Swapped(Exception):
+    """The board in the fixture is not the one being provisioned: stop, touch nothing."""
+
+
+def retryable(error: BaseException) -> bool:
+    if isinstance(error, ProbeFailure):
+        return error.retryable
+    if isinstance(error, CloudError | UartFailure | TimeoutError):
+        return getattr(error, "retryable", True)
+    return False
+
+
+@dataclass
+class StationStatus:
+    state: str = "idle"
+    uid: str | None = None
+    step: int | None = None
+    attempt: int = 0
+    progress: float = 0.0
+    last_error: str = ""
+    counts: dict[str, int] = field(default_factory=lambda: {"PASS": 0, "FAIL": 0, "QUARANTINE": 0})
+
+
+class StationRunner:
+    def __init__(self, line: LineConfig, station: Station, profile: TargetProfile, journal: Journal,
+                 cloud: CloudClient, station_key: ec.EllipticCurvePrivateKey) -> None:  # fmt: skip
+        self.line, self.station, self.profile = line, station, profile
+        self.journal, self.cloud, self.station_key = journal, cloud, station_key
+        self.probe = ProbeWorker(station.probe, profile.name)
+        self.status = StationStatus()
+        self.log = structlog.get_logger("orchestrator").bind(line=line.line, station=station.name, job=line.job_id)
+        self.stopping = False
+
+    def __repr__(self) -> str:
+        return f"<StationRunner {self.station.name} state={self.status.state} uid={self.status.uid}>"
+
+    # -- running steps ----------------------------------------------------------------------------
+
+    def _class(self, kind: StepClass) -> Any:
+        defaults = self.line.defaults
+        return {StepClass.DEBUG: defaults.debug, StepClass.CLOUD: defaults.cloud}.get(kind, defaults.uart)
+
+    async def step(self, board: Board, number: int, action: Callable[[], Awaitable[T]], *, retries: bool = True) -> T:
+        step = BY_NUMBER[number]
+        klass = self._class(step.kind)
+        attempts = klass.retry.attempts if retries else 1
+        self.status.step = number
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential_jitter(initial=klass.retry.backoff_s, max=10),
+            retry=retry_if_exception(retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                n = attempt.retry_state.attempt_number
+                self.status.attempt = n
+                started = time.monotonic()
+                fields = {"uid": board.uid, "step": number, "step_name": step.name, "attempt": n}
+                self.log.info("step.start", **fields)
+                self.journal.event(board.uid, self.station.name, number, "intent", attempt=n)
+                try:
+                    result = await action()
+                except Exception as error:
+                    ms = round((time.monotonic() - started) * 1000)
+                    self.status.last_error = str(error)[:200]
+                    self.log.warning("step.fail", **fields, duration_ms=ms, outcome="error", error=str(error)[:300])
+                    self.journal.event(board.uid, self.station.name, number, "result", attempt=n, outcome="error",
+                                       outputs={"error": str(error)[:300]})  # fmt: skip
+                    raise
+                ms = round((time.monotonic() - started) * 1000)
+                self.log.info("step.end", **fields, duration_ms=ms, outcome="ok")
+                self.journal.event(board.uid, self.station.name, number, "result", attempt=n, outcome="ok")
+        return result
+
+    async def debug(self, operation: str, *args: Any) -> Any:
+        return await self.probe.call(operation, *args, timeout=self.line.defaults.debug.timeout_s)
+
+    # -- finding a board ---------------------------------------------------------------------------
+
+    async def identify(self) -> tuple[str, str] | None:
+        """(UID, "debug" or "uart") of the board in the fixture, or None when nothing answers."""
+        try:
+            return format_uid(tuple(await self.debug("uid"))), "debug"  # type: ignore[arg-type]
+        except ProbeFailure as failure:
+            if failure.kind != "not_detected":
+                return None
+        for role in (Role.ROM, Role.BOOTLOADER):
+            try:
+                async with self._uart(attempts=2) as link:
+                    session = self._session(role)
+                    await link.open_session(session)
+                    reply = await link.exchange(session, session.send(m.GetId()))
+                    return format_uid(m.DeviceId.from_payload(reply.payload).uid), "uart"
+            except (UartFailure, ValueError, OSError):
+                continue
+        return None
+
+    def _uart(self, attempts: int = 6) -> UartLink:
+        return UartLink(self.station.uart, self.station.baud, timeout=self.line.defaults.uart.timeout_s, attempts=attempts)
+
+    def _session(self, role: Role) -> HostSession:
+        isp = self.line.secureisp
+        target = isp.rom_public_key if role is Role.ROM else isp.bootloader_public_key
+        return HostSession(role, self.station_key, public_key_from_raw(bytes.fromhex(target)))
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        structlog.contextvars.bind_contextvars(station=self.station.name)
+        task_status.started()
+        try:
+            while not self.stopping:
+                self.status.state = "waiting"
+                found = await self.identify()
+                if found is not None:
+                    uid, via = found
+                    known = self.journal.board(uid)
+                    if known is None or known.outcome not in FINAL:
+                        await self.provision(uid, via)
+                        continue
+                await anyio.sleep(0.3)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.probe.aclose()
+
+    # -- the sequence ------------------------------------------------------------------------------
+
+    async def provision(self, uid: str, via: str) -> None:
+        board = self.journal.board(uid) or Board(uid=uid, station=self.station.name, job_id=self.line.job_id,
+                                                 started=time.time())  # fmt: skip
+        self.journal.save(board)
+        self.status.state, self.status.uid, self.status.progress = "provisioning", uid, 0.0
+        log = self.log.bind(uid=uid)
+        started = time.monotonic()
+        open_intents = self.journal.open_intents(uid)
+        if open_intents:
+            log.info("board.resume", open_intents=open_intents, via=via)
+        try:
+            if via == "debug":
+                await self.debug_steps(board)
+            elif board.obj_id is None:
+                board.obj_id = await self.cloud.register(uid)  # a locked board: the cloud knows its OBJ_ID
+            board.application_key = (
+                await self.step(board, 7, lambda: self.cloud.application_key(self.line.job_id, uid, self._obj(board)))
+            ).hex()
+            self.journal.save(board)
+            await self.uart_steps(board)
+            board.outcome = "PASS"
+        except Swapped as swap:
+            log.warning("board.swapped", reason=str(swap))
+            self.status.state = "idle"
+            return
+        except Quarantine as quarantine:
+            board.outcome, board.reason = "QUARANTINE", str(quarantine)
+        except (Fatal, CloudError, ProbeFailure, UartFailure, mcuboot.ProtocolError) as error:
+            board.outcome, board.reason = "FAIL", str(error)[:300]
+        if board.outcome != "PASS":
+            board.failed_step = self.status.step
+        board.finished = time.time()
+        self.journal.save(board)
+        self.status.counts[board.outcome] += 1
+        self.status.state = board.outcome.lower()
+        try:
+            await self.cloud.report(self.line.job_id, uid, self._obj(board), outcome="PASS" if board.outcome == "PASS" else "FAIL",
+                                    step=board.failed_step or 13, reason=board.reason or "")  # fmt: skip
+        except CloudError as error:
+            log.warning("board.report_failed", error=str(error))
+        log.info("board.done", outcome=board.outcome, failed_step=board.failed_step, reason=board.reason,
+                 duration_ms=round((time.monotonic() - started) * 1000))  # fmt: skip
+
+    @staticmethod
+    def _obj(board: Board) -> str:
+        if board.obj_id is None:
+            raise Fatal("no OBJ_ID for this board")
+        return board.obj_id
+
+    async def _check_uid(self, board: Board) -> None:
+        uid = format_uid(tuple(await self.debug("uid")))  # type: ignore[arg-type]
+        if uid != board.uid:
+            raise Swapped(f"expected UID {board.uid}, found {uid}")
+
+    async def debug_steps(self, board: Board) -> None:
+        p = self.profile
+
+        async def identity() -> None:
+            await self._check_uid(board)
+            words = await self.debug("read_words", p.objid_record, RECORD_SIZE // 4)
+            raw = b"".join(int(w).to_bytes(4, "little") for w in words)
+            on_board = decode_obj_id_record(raw)
+            obj_id = await self.cloud.register(board.uid)
+            if on_board is None:
+                record = encode_obj_id_record(parse_obj_id(obj_id))
+                await self.debug("program_words", p.objid_record,
+                                 [int.from_bytes(record[i : i + 4], "little") for i in range(0, len(record), 4)])  # fmt: skip
+                words = await self.debug("read_words", p.objid_record, RECORD_SIZE // 4)
+                if decode_obj_id_record(b"".join(int(w).to_bytes(4, "little") for w in words)) != parse_obj_id(obj_id):
+                    raise Quarantine("OBJ_ID record did not read back")
+            elif on_board.hex() != obj_id:
+                raise Quarantine(f"the board carries OBJ_ID {on_board.hex()}, the cloud says {obj_id}")
+            board.obj_id = obj_id
+            self.journal.save(board)
+
+        await self.step(board, 1, identity)
+        signed = await self.step(board, 2, lambda: self.cloud.bootloader(self.line.job_id, board.uid, self._obj(board)))
+        image = mcuboot.parse(signed.image)
+        if mcuboot.verify(image, public_key_from_raw(signed.public_key)) is not mcuboot.Verdict.OK:
+            raise Fatal("the signed bootloader does not verify with the key it came with")
+        board.bootloader_key = signed.public_key.hex()
+        self.journal.save(board)
+
+        async def burn_key() -> None:
+            await self._check_uid(board)
+            wanted = p.bootloader_key_entries(signed.public_key)
+            await self._burn_entries(board, 3, wanted)
+
+        await self.step(board, 3, burn_key)
+
+        async def program() -> None:
+            base = p.bootloader_slot.base
+            if await self.debug("read_memory", base, len(signed.image)) != signed.image:
+                await self.debug("flash", base, signed.image)
+            if await self.debug("read_memory", base, len(signed.image)) != signed.image:
+                raise ProbeFailure("failed", "the bootloader did not read back")
+
+        await self.step(board, 4, program)
+        await self.step(board, 5, lambda: self.debug("reset"))
+
+        async def lock() -> None:
+            await self._check_uid(board)
+            config0 = (await self.debug("read_words", p.debug_lock.config_address, 1))[0]
+            if p.debug_lock.is_locked(config0):
+                return
+            await self.debug("lock_and_reset")
+
+        await self.step(board, 6, lock)
+
+    async def _burn_entries(self, board: Board, number: int, wanted: dict[int, tuple[int, int]]) -> None:
+        found = await self.debug("read_otp", list(wanted))
+        plan = []
+        for (entry, value), now in zip(wanted.items(), found, strict=True):
+            for offset, (want, have) in enumerate(zip(value, now, strict=True)):
+                if have == want:
+                    continue
+                if have != ERASED:
+                    raise Quarantine(f"OTP entry {entry} word {offset} holds 0x{have:08X}, expected 0x{want:08X}")
+                plan.append((self.profile.otp.entry_address(entry) + 4 * offset, want))
+        if not plan:
+            return
+        self.journal.event(board.uid, self.station.name, number, "otp-intent", outputs={"words": [a for a, _ in plan]})
+        for address, word in plan:
+            await self.debug("program_words", address, [word])
+        after = await self.debug("read_otp", list(wanted))
+        if [tuple(v) for v in after] != list(wanted.values()):
+            raise Quarantine(f"OTP entries {list(wanted)} did not read back as written")
+        self.journal.event(board.uid, self.station.name, number, "otp-result", outcome="written")
+
+    async def uart_steps(self, board: Board) -> None:
+        """Steps 8-13 as one group: any lost session restarts from the ROM."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.line.defaults.uart.retry.attempts),
+            wait=wait_exponential_jitter(initial=self.line.defaults.uart.retry.backoff_s, max=5),
+            retry=retry_if_exception(retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._uart_once(board)
+
+    async def _uart_once(self, board: Board) -> None:
+        app_key = bytes.fromhex(board.application_key or "")
+        async with self._uart() as link:
+            in_bootloader = False
+            rom = self._session(Role.ROM)
+            try:
+                await link.open_session(rom)
+            except UartFailure:
+                in_bootloader = True  # a resumed board may already run its bootloader
+            if not in_bootloader:
+                await self.step(board, 8, lambda: self._burn_app_hash(link, rom, board, app_key), retries=False)
+
+                async def reboot() -> None:
+                    reply = await link.exchange(rom, rom.send(m.RebootToBootloader()))
+                    if reply.status is Status.ERR_NO_BOOTLOADER:
+                        raise Fatal("the ROM did not verify the bootloader")
+                    if not reply.ok:
+                        raise UartFailure(f"REBOOT_TO_BOOTLOADER refused: {reply.status!r}")
+
+                await self.step(board, 9, reboot, retries=False)
+            boot = self._session(Role.BOOTLOADER)
+            await self.step(board, 10, lambda: link.open_session(boot), retries=False)
+            signed = await self.step(board, 11, lambda: self.cloud.application(self.line.job_id, board.uid, self._obj(board)))
+            image = mcuboot.parse(signed.image)
+            if signed.public_key != app_key or mcuboot.verify_against_key_hash(image, key_hash(app_key)) is not mcuboot.Verdict.OK:
+                raise Fatal("the signed application does not verify with the board's application key")
+            await self.step(board, 12, lambda: self._download(link, boot, board, signed.image), retries=False)
+
+            async def finish() -> None:
+                reply = await link.exchange(boot, boot.send(m.DlFinish()))
+                if not reply.ok:
+                    raise Fatal(f"the bootloader refused the application: {reply.status!r}")
+
+            await self.step(board, 13, finish, retries=False)
+
+    async def _burn_app_hash(self, link: UartLink, rom: HostSession, board: Board, app_key: bytes) -> None:
+        device = m.DeviceId.from_payload((await link.exchange(rom, rom.send(m.GetId()))).payload)
+        if format_uid(device.uid) != board.uid:
+            raise Swapped(f"expected UID {board.uid}, the UART answers {format_uid(device.uid)}")
+        for entry, (low, high) in self.profile.app_key_hash_entries(app_key).items():
+            have = m.OtpValue.from_payload((await link.exchange(rom, rom.send(m.ReadOtp(entry)))).payload)
+            if (have.low, have.high) == (low, high):
+                continue
+            if not have.blank:
+                raise Quarantine(f"OTP entry {entry} holds (0x{have.low:08X}, 0x{have.high:08X})")
+            self.journal.event(board.uid, self.station.name, 8, "otp-intent", outputs={"entry": entry})
+            reply = await link.exchange(rom, rom.send(m.WriteOtp(entry, low, high)))
+            back = m.OtpValue.from_payload((await link.exchange(rom, rom.send(m.ReadOtp(entry)))).payload)
+            if (back.low, back.high) != (low, high):
+                raise Quarantine(f"OTP entry {entry} did not read back after WRITE_OTP ({reply.status!r})")
+            self.journal.event(board.uid, self.station.name, 8, "otp-result", outcome="written", outputs={"entry": entry})
+
+    async def _download(self, link: UartLink, boot: HostSession, board: Board, image: bytes) -> None:
+        import hashlib  # noqa: PLC0415
+
+        device = m.DeviceId.from_payload((await link.exchange(boot, boot.send(m.GetId()))).payload)
+        if format_uid(device.uid) != board.uid:
+            raise Swapped(f"expected UID {board.uid}, the bootloader answers {format_uid(device.uid)}")
+        slot = self.profile.application_slot
+        reply = await link.exchange(boot, boot.send(m.DlBegin(slot.base, len(image), hashlib.sha256(image).digest())))
+        if not reply.ok:
+            raise Fatal(f"DL_BEGIN refused: {reply.status!r}")
+        padded = image + b"\xff" * (-len(image) % 4)
+        for offset in range(0, len(padded), 48):
+            reply = await link.exchange(boot, boot.send(m.MassWrite(offset // 48, padded[offset : offset + 48])))
+            if not reply.ok:
+                raise UartFailure(f"MASS_WRITE at {offset} refused: {reply.status!r}")
+            self.status.progress = min(1.0, (offset + 48) / len(padded))
