@@ -215,6 +215,9 @@ class ProbeWorker:
             except EOFError:
                 self.kill()
                 raise ProbeFailure("probe", f"the worker for {self.unique_id} died") from None
+            except BaseException:
+                self.kill()  # cancelled mid-call: the pipe holds half an answer, the worker goes
+                raise
         if answer[0] == "ok":
             return answer[1]
         raise ProbeFailure(answer[1], answer[2])

@@ -140,9 +140,15 @@ class StationRunner:
                     session = self._session(role)
                     await link.open_session(session)
                     reply = await link.exchange(session, session.send(m.GetId()))
-                    return format_uid(m.DeviceId.from_payload(reply.payload).uid), "uart"
+                    uid = format_uid(m.DeviceId.from_payload(reply.payload).uid)
             except (UartFailure, ValueError, OSError):
                 continue
+            # The debug port may just have missed a board being inserted: ask it again before
+            # taking the board for a locked one.
+            try:
+                return format_uid(tuple(await self.debug("uid"))), "debug"  # type: ignore[arg-type]
+            except ProbeFailure:
+                return uid, "uart"
         return None
 
     def _uart(self, attempts: int = 6) -> UartLink:
@@ -186,8 +192,9 @@ class StationRunner:
         try:
             if via == "debug":
                 await self.debug_steps(board)
-            elif board.obj_id is None:
-                board.obj_id = await self.cloud.register(uid)  # a locked board: the cloud knows its OBJ_ID
+            elif board.bootloader_key is None:
+                # Locked, yet this line never burnt its key: not a board this line can finish.
+                raise Quarantine("the debug port is locked and the journal has no record of steps 1-6")
             board.application_key = (
                 await self.step(board, 7, lambda: self.cloud.application_key(self.line.job_id, uid, self._obj(board)))
             ).hex()
