@@ -77,7 +77,13 @@ def run_command(args: argparse.Namespace) -> int:
 def demo_command(args: argparse.Namespace) -> int:
     from orchestrator.demo import demo  # noqa: PLC0415
 
-    return demo(stations=args.stations, boards=args.boards, workdir=args.workdir, baud=args.baud, app_size=args.app_size)
+    return demo(
+        stations=args.stations,
+        boards=args.boards,
+        workdir=args.workdir,
+        baud=args.baud,
+        app_size=args.app_size,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,10 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--journal", type=Path, default=Path("journal.db"))
     cmd.add_argument("--log-file", type=Path, default=Path("logs/orchestrator.jsonl"))
     cmd.set_defaults(handler=run_command)
-    cmd = commands.add_parser("check-config", help="validate a stations.yaml; errors name file, line and field")
+    cmd = commands.add_parser(
+        "check-config", help="validate a stations.yaml; errors name file, line and field"
+    )
     cmd.add_argument("file", type=Path)
     cmd.set_defaults(handler=check_config)
-    cmd = commands.add_parser("demo", help="a whole simulated line on 127.0.0.1, with a live view and report.json")
+    cmd = commands.add_parser(
+        "demo", help="a whole simulated line on 127.0.0.1, with a live view and report.json"
+    )
     cmd.add_argument("--stations", type=int, default=4)
     cmd.add_argument("--boards", type=int, default=2, help="boards per station")
     cmd.add_argument("--workdir", type=Path, default=Path("demo-run"))

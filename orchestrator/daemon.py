@@ -34,32 +34,46 @@ class Line:
         key = load_private_key(config.secureisp.station_key)
         target = profile(config.target_profile)
         self.runners = [
-            StationRunner(config, station, target, journal, self.cloud, key) for station in config.stations if station.enabled
+            StationRunner(config, station, target, journal=journal, cloud=self.cloud, station_key=key)
+            for station in config.stations
+            if station.enabled
         ]
 
     def __repr__(self) -> str:
         return f"<Line {self.config.line} stations={len(self.runners)}>"
 
     async def run(self, *, until: int | None = None, stop_timeout_s: float = 30.0) -> None:
+        all_done = anyio.Event()
+        finished = len(self.journal.finished())
+
+        def board_done() -> None:
+            nonlocal finished
+            finished += 1
+            if until is not None and finished >= until:
+                all_done.set()
+
+        if until is not None and finished >= until:
+            return
         async with anyio.create_task_group() as group:
             for runner in self.runners:
+                runner.on_done = board_done
                 await group.start(runner.run)
             if until is not None:
-                group.start_soon(self._until, until, group.cancel_scope)
+                group.start_soon(self._cancel_when, all_done, group.cancel_scope)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     for runner in self.runners:
                         runner.stopping = True
-                    with anyio.move_on_after(stop_timeout_s):
-                        while any(r.status.state == "provisioning" for r in self.runners):
-                            await anyio.sleep(0.1)
+                    with anyio.move_on_after(stop_timeout_s):  # each station reaches a safe point
+                        for runner in self.runners:
+                            await runner.idle.wait()
                     group.cancel_scope.cancel()
                     break
         await self.cloud.aclose()
 
-    async def _until(self, count: int, scope: anyio.CancelScope) -> None:
-        while len(self.journal.finished()) < count:
-            await anyio.sleep(0.2)
+    @staticmethod
+    async def _cancel_when(event: anyio.Event, scope: anyio.CancelScope) -> None:
+        await event.wait()
         scope.cancel()
 
 

@@ -48,7 +48,9 @@ def _wait_for(path: Path, process: subprocess.Popen[bytes], what: str, timeout: 
         time.sleep(0.1)
 
 
-def _stations_yaml(workdir: Path, url: str, job_id: str, simulated: dict[str, Any], uart_timeout: float) -> str:
+def _stations_yaml(
+    workdir: Path, url: str, job_id: str, simulated: dict[str, Any], uart_timeout: float
+) -> str:
     keys = simulated["secureisp"]
     lines = [
         "# Written by orchestrator demo: the simulated line.",
@@ -73,8 +75,8 @@ def _stations_yaml(workdir: Path, url: str, job_id: str, simulated: dict[str, An
     for station in simulated["stations"]:
         lines += [
             f"  - name: {station['name']}",
-            f"    probe: \"{station['probe']}\"",
-            f"    usb_port: \"{station['usb_port']}\"",
+            f'    probe: "{station["probe"]}"',
+            f'    usb_port: "{station["usb_port"]}"',
             f"    uart: {station['uart']}",
             f"    baud: {station['baud']}",
         ]
@@ -88,9 +90,17 @@ def _view(line: Line, total: int) -> Table:
     for runner in line.runners:
         s = runner.status
         bar = "#" * int(s.progress * 20)
-        table.add_row(runner.station.name, s.state, s.uid or "-", str(s.step or "-"), str(s.attempt or "-"),
-                      f"{bar:<20}", str(s.counts["PASS"]), str(s.counts["FAIL"] + s.counts["QUARANTINE"]),
-                      s.last_error[:40])  # fmt: skip
+        table.add_row(
+            runner.station.name,
+            s.state,
+            s.uid or "-",
+            str(s.step or "-"),
+            str(s.attempt or "-"),
+            f"{bar:<20}",
+            str(s.counts["PASS"]),
+            str(s.counts["FAIL"] + s.counts["QUARANTINE"]),
+            s.last_error[:40],
+        )
     return table
 
 
@@ -105,79 +115,135 @@ def report(journal: Journal, wall_s: float) -> dict[str, Any]:
                 entry["attempts"] += 1
                 starts[event["step"]] = event["time"]
             elif event["phase"] == "result":
-                entry["duration_s"] = round(entry["duration_s"] + event["time"] - starts.get(event["step"], event["time"]), 3)
+                entry["duration_s"] = round(
+                    entry["duration_s"] + event["time"] - starts.get(event["step"], event["time"]), 3
+                )
                 entry["outcome"] = event["outcome"]
-        boards.append({
-            "uid": board.uid, "station": board.station, "outcome": board.outcome, "failed_step": board.failed_step,
-            "reason": board.reason, "duration_s": round((board.finished or 0) - (board.started or 0), 3), "steps": steps,
-        })  # fmt: skip
-    totals = {"pass": sum(b["outcome"] == "PASS" for b in boards), "fail": sum(b["outcome"] == "FAIL" for b in boards),
-              "quarantine": sum(b["outcome"] == "QUARANTINE" for b in boards), "wall_s": round(wall_s, 2)}  # fmt: skip
+        boards.append(
+            {
+                "uid": board.uid,
+                "station": board.station,
+                "outcome": board.outcome,
+                "failed_step": board.failed_step,
+                "reason": board.reason,
+                "duration_s": round((board.finished or 0) - (board.started or 0), 3),
+                "steps": steps,
+            }
+        )
+    totals = {
+        "pass": sum(b["outcome"] == "PASS" for b in boards),
+        "fail": sum(b["outcome"] == "FAIL" for b in boards),
+        "quarantine": sum(b["outcome"] == "QUARANTINE" for b in boards),
+        "wall_s": round(wall_s, 2),
+    }
     return {"boards": boards, "totals": totals}
 
 
-def demo(*, stations: int, boards: int, workdir: Path, baud: int, app_size: int) -> int:
-    started = time.monotonic()
+def _prepare(workdir: Path, app_size: int) -> dict[str, bytes]:
     if workdir.exists():
         shutil.rmtree(workdir)
     for folder in ("firmware", "logs"):
         (workdir / folder).mkdir(parents=True)
-    (workdir / "firmware" / "bootloader.bin").write_bytes(os.urandom(8 * 1024))
-    (workdir / "firmware" / "app.bin").write_bytes(os.urandom(app_size))
+    bodies = {"bootloader": os.urandom(8 * 1024), "application": os.urandom(app_size)}
+    (workdir / "firmware" / "bootloader.bin").write_bytes(bodies["bootloader"])
+    (workdir / "firmware" / "app.bin").write_bytes(bodies["application"])
     key = workdir / "station-isp-key.pem"
     key.write_bytes(private_pem(ec.generate_private_key(ec.SECP256R1())))
     key.chmod(0o600)
-    env = dict(os.environ, BOARDSIM_PROBES=str((workdir / "probes").resolve()))
-    os.environ["BOARDSIM_PROBES"] = env["BOARDSIM_PROBES"]
-    cloud_dir, boards_dir = workdir / "cloud", workdir / "boards"
-    subprocess.run([_tool("cloudserver"), "init", "--data", str(cloud_dir), "--stations", "1", "--port", "0"],
-                   check=True, capture_output=True)  # fmt: skip
-    processes: list[subprocess.Popen[bytes]] = []
+    return bodies
+
+
+def _start(workdir: Path, stations: int, boards: int, baud: int) -> list[subprocess.Popen[bytes]]:
+    """cloudserver and boardsim in their own processes, on 127.0.0.1, logging into WORKDIR/logs."""
+    env = dict(os.environ)
+    cloud_dir, boards_dir, logs_dir = workdir / "cloud", workdir / "boards", workdir / "logs"
+    init = [_tool("cloudserver"), "init", "--data", str(cloud_dir), "--stations", "1", "--port", "0"]
+    subprocess.run(init, check=True, capture_output=True)  # noqa: S603  # the project's own console script
+    simulator = [
+        _tool("boardsim"), "serve", "--stations", str(stations), "--state-dir", str(boards_dir),
+        "--boards-per-station", str(boards), "--baud", str(baud),
+        "--handling-delay", "0.2", "--idle-removal", "120",
+    ]  # fmt: skip
+    with (
+        (logs_dir / "cloudserver.jsonl").open("wb") as cloud_log,
+        (logs_dir / "boardsim.log").open("wb") as sim_log,
+    ):
+        cloud = [_tool("cloudserver"), "serve", "--data", str(cloud_dir)]
+        processes = [
+            subprocess.Popen(cloud, stdout=cloud_log, stderr=subprocess.STDOUT),  # noqa: S603  # our own script
+            subprocess.Popen(simulator, env=env, stdout=sim_log, stderr=subprocess.STDOUT),  # noqa: S603  # our own
+        ]
+    _wait_for(cloud_dir / "serve.json", processes[0], "cloudserver serve")
+    _wait_for(boards_dir / "serve.json", processes[1], "boardsim serve")
+    return processes
+
+
+async def _create_job(cloud_dir: Path, bodies: dict[str, bytes], quantity: int) -> tuple[str, str]:
+    url = json.loads((cloud_dir / "serve.json").read_text())["url"]
+    pki = cloud_dir / "pki"
+    async with CloudClient(
+        url, client_context(pki / "admin.crt", pki / "admin.key", pki / "ca.crt")
+    ) as admin:
+        job = await admin.create_job(
+            pdid=0xA1735440,
+            bootloader=bodies["bootloader"],
+            bootloader_version="1.0.0",
+            application=bodies["application"],
+            application_version="1.0.0",
+            quantity=quantity,
+        )
+    return url, str(job["id"])
+
+
+async def _run_with_view(line: Line, total: int) -> None:
+    async with anyio.create_task_group() as group:
+        with Live(_view(line, total), console=console, refresh_per_second=4) as live:
+
+            async def refresh() -> None:
+                while True:
+                    live.update(_view(line, total))
+                    await anyio.sleep(0.25)
+
+            group.start_soon(refresh)
+            await line.run(until=total)
+            live.update(_view(line, total))
+            group.cancel_scope.cancel()
+
+
+def _summary(result: dict[str, Any], workdir: Path) -> None:
+    table = Table(title="demo summary")
+    for column in ("uid", "station", "outcome", "failed step", "reason", "seconds"):
+        table.add_column(column)
+    for board in result["boards"]:
+        reason = (board["reason"] or "")[:50]
+        step = str(board["failed_step"] or "-")
+        table.add_row(
+            board["uid"], board["station"], board["outcome"], step, reason, str(board["duration_s"])
+        )
+    console.print(table)
+    totals = result["totals"]
+    console.print(
+        f"PASS {totals['pass']}  FAIL {totals['fail']}  QUARANTINE {totals['quarantine']}"
+        f"  in {totals['wall_s']} s; report: {workdir / 'report.json'}"
+    )
+
+
+def demo(*, stations: int, boards: int, workdir: Path, baud: int, app_size: int) -> int:
+    started = time.monotonic()
+    bodies = _prepare(workdir, app_size)
+    os.environ["BOARDSIM_PROBES"] = str((workdir / "probes").resolve())  # for boardsim and the probe workers
+    total = stations * boards
+    processes = _start(workdir, stations, boards, baud)
     try:
-        with (workdir / "logs" / "cloudserver.jsonl").open("wb") as cloud_log, (workdir / "logs" / "boardsim.log").open("wb") as sim_log:
-            processes.append(subprocess.Popen([_tool("cloudserver"), "serve", "--data", str(cloud_dir)], stdout=cloud_log, stderr=subprocess.STDOUT))
-            processes.append(subprocess.Popen(
-                [_tool("boardsim"), "serve", "--stations", str(stations), "--state-dir", str(boards_dir),
-                 "--boards-per-station", str(boards), "--baud", str(baud), "--handling-delay", "0.2", "--idle-removal", "120"],
-                env=env, stdout=sim_log, stderr=subprocess.STDOUT,
-            ))  # fmt: skip
-        _wait_for(cloud_dir / "serve.json", processes[0], "cloudserver serve")
-        _wait_for(boards_dir / "serve.json", processes[1], "boardsim serve")
-        url = json.loads((cloud_dir / "serve.json").read_text())["url"]
-        pki = cloud_dir / "pki"
-        body = {"bootloader": (workdir / "firmware" / "bootloader.bin").read_bytes(), "application": (workdir / "firmware" / "app.bin").read_bytes()}
-
-        async def create_job() -> str:
-            async with CloudClient(url, client_context(pki / "admin.crt", pki / "admin.key", pki / "ca.crt")) as admin:
-                job = await admin.create_job(pdid=0xA1735440, bootloader=body["bootloader"], bootloader_version="1.0.0",
-                                             application=body["application"], application_version="1.0.0",
-                                             quantity=stations * boards)  # fmt: skip
-            return str(job["id"])
-
-        job_id = anyio.run(create_job)
-        simulated = json.loads((boards_dir / "serve.json").read_text())
-        (workdir / "stations.yaml").write_text(_stations_yaml(workdir, url, job_id, simulated, uart_timeout=0.5))
+        url, job_id = anyio.run(_create_job, workdir / "cloud", bodies, total)
+        simulated = json.loads((workdir / "boards" / "serve.json").read_text())
+        (workdir / "stations.yaml").write_text(
+            _stations_yaml(workdir, url, job_id, simulated, uart_timeout=0.5)
+        )
         config = load(workdir / "stations.yaml")
         logs.configure(workdir / "logs" / "orchestrator.jsonl", stdout=False)
         journal = Journal(workdir / "journal.db")
-        line = Line(config, journal)
-        total = stations * boards
-
-        async def run_with_view() -> None:
-            async with anyio.create_task_group() as group:
-                with Live(_view(line, total), console=console, refresh_per_second=4) as live:
-
-                    async def refresh() -> None:
-                        while True:
-                            live.update(_view(line, total))
-                            await anyio.sleep(0.25)
-
-                    group.start_soon(refresh)
-                    await line.run(until=total)
-                    live.update(_view(line, total))
-                    group.cancel_scope.cancel()
-
-        anyio.run(run_with_view)
+        anyio.run(_run_with_view, Line(config, journal), total)
         result = report(journal, time.monotonic() - started)
         journal.close()
         (workdir / "report.json").write_text(json.dumps(result, indent=1))
@@ -190,14 +256,5 @@ def demo(*, stations: int, boards: int, workdir: Path, baud: int, app_size: int)
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
-    summary = Table(title="demo summary")
-    for column in ("uid", "station", "outcome", "failed step", "reason", "seconds"):
-        summary.add_column(column)
-    for board in result["boards"]:
-        summary.add_row(board["uid"], board["station"], board["outcome"], str(board["failed_step"] or "-"),
-                        (board["reason"] or "")[:50], str(board["duration_s"]))  # fmt: skip
-    console.print(summary)
-    totals = result["totals"]
-    console.print(f"PASS {totals['pass']}  FAIL {totals['fail']}  QUARANTINE {totals['quarantine']}  in {totals['wall_s']} s; "
-                  f"report: {workdir / 'report.json'}")  # fmt: skip
-    return 0 if totals["pass"] == total else 1
+    _summary(result, workdir)
+    return 0 if result["totals"]["pass"] == total else 1

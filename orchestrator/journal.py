@@ -73,13 +73,24 @@ class Journal:
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         with self._lock:
-            self._db.execute(f"INSERT OR REPLACE INTO boards ({columns}) VALUES ({marks})", tuple(values.values()))  # noqa: S608  # columns are our own field names
+            statement = f"INSERT OR REPLACE INTO boards ({columns}) VALUES ({marks})"  # noqa: S608  # our field names
+            self._db.execute(statement, tuple(values.values()))
 
-    def event(self, uid: str, station: str, step: int, phase: str, *, attempt: int = 1, outcome: str = "",
-              outputs: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def event(
+        self,
+        uid: str,
+        station: str,
+        step: int,
+        phase: str,
+        *,
+        attempt: int = 1,
+        outcome: str = "",
+        outputs: dict[str, Any] | None = None,
+    ) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO steps (uid, station, step, phase, attempt, outcome, outputs, time) VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO steps (uid, station, step, phase, attempt, outcome, outputs, time) "
+                "VALUES (?,?,?,?,?,?,?,?)",
                 (uid, station, step, phase, attempt, outcome, json.dumps(outputs or {}), time.time()),
             )
 
@@ -96,13 +107,16 @@ class Journal:
 
     def finished(self) -> list[Board]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM boards WHERE outcome IN ('PASS','FAIL','QUARANTINE')").fetchall()
+            rows = self._db.execute(
+                "SELECT * FROM boards WHERE outcome IN ('PASS','FAIL','QUARANTINE')"
+            ).fetchall()
         return [Board(*row) for row in rows]
 
     def steps(self, uid: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT step, phase, attempt, outcome, outputs, time FROM steps WHERE uid = ? ORDER BY id", (uid,)
+                "SELECT step, phase, attempt, outcome, outputs, time FROM steps WHERE uid = ? ORDER BY id",
+                (uid,),
             ).fetchall()
         return [
             {"step": s, "phase": p, "attempt": a, "outcome": o, "outputs": json.loads(out), "time": t}

@@ -37,7 +37,7 @@ def configure(log_file: Path | None, *, stdout: bool = True) -> None:
     streams: list[TextIO] = [sys.stdout] if stdout else []
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        streams.append(log_file.open("a", buffering=1))  # noqa: SIM115  # lives as long as the process
+        streams.append(log_file.open("a", buffering=1))  # lives as long as the process
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -10,6 +10,7 @@ daemon's event loop.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import tempfile
 from multiprocessing.connection import Connection
@@ -56,7 +57,11 @@ class _Target:
         if ctl & f.ispff:
             self.t.write32(f.base + f.ispctl, ctl | f.ispff)
             raise ProbeFailure("failed", f"FMC command 0x{command:02X} at 0x{address:08X} set ISPFF")
-        return (self.t.read32(f.base + f.ispdat), self.t.read32(f.base + f.mpdat0), self.t.read32(f.base + f.mpdat1))
+        return (
+            self.t.read32(f.base + f.ispdat),
+            self.t.read32(f.base + f.mpdat0),
+            self.t.read32(f.base + f.mpdat1),
+        )
 
     def uid(self) -> list[int]:
         self.unlock()
@@ -93,7 +98,9 @@ class _Target:
         self.t.reset_and_halt()
 
 
-def serve(connection: Connection, unique_id: str, profile_name: str, frequency: int) -> None:  # pragma: no cover - runs in the worker process
+def serve(  # noqa: PLR0915  # the worker's one dispatch loop, kept in one place
+    connection: Connection, unique_id: str, profile_name: str, frequency: int
+) -> None:  # pragma: no cover - runs in the worker process
     """The worker process: open sessions on demand, carry out requests, answer on the pipe."""
     import logging  # noqa: PLC0415
 
@@ -108,10 +115,8 @@ def serve(connection: Connection, unique_id: str, profile_name: str, frequency: 
     def close() -> None:
         nonlocal session
         if session is not None:
-            try:
+            with contextlib.suppress(Exception):  # a dead probe or a locked target fails to close cleanly
                 session.close()
-            except Exception:  # noqa: BLE001, S110  # a dead probe or a locked target fails to close cleanly
-                pass
             session = None
 
     while True:
@@ -127,10 +132,16 @@ def serve(connection: Connection, unique_id: str, profile_name: str, frequency: 
                 continue
             if session is None:
                 session = ConnectHelper.session_with_chosen_probe(
-                    unique_id=unique_id, target_override=target_profile.pyocd_target, blocking=False,
-                    options={"project_dir": workdir, "no_config": True, "frequency": frequency,
-                             "hide_programming_progress": True},
-                )  # fmt: skip
+                    unique_id=unique_id,
+                    target_override=target_profile.pyocd_target,
+                    blocking=False,
+                    options={
+                        "project_dir": workdir,
+                        "no_config": True,
+                        "frequency": frequency,
+                        "hide_programming_progress": True,
+                    },
+                )
                 if session is None:
                     raise ProbeFailure("probe", f"no probe {unique_id}")
                 session.open()
@@ -138,10 +149,8 @@ def serve(connection: Connection, unique_id: str, profile_name: str, frequency: 
             if operation == "lock_and_reset":
                 lock = target_profile.debug_lock
                 target.program_words(lock.config_address, [0xFFFFFFFF & ~lock.mask])
-                try:
+                with contextlib.suppress(exceptions.Error):  # the locked port stops answering after reset
                     target.t.reset()
-                except exceptions.Error:
-                    pass  # the locked port stops answering during pyOCD's post-reset check
                 close()
                 connection.send(("ok", None))
                 continue
@@ -157,7 +166,7 @@ def serve(connection: Connection, unique_id: str, profile_name: str, frequency: 
             close()
             kind = "not_detected" if "not detected" in str(error) or "No ACK" in str(error) else "probe"
             connection.send(("error", kind, str(error)))
-        except Exception as error:  # noqa: BLE001  # any other failure goes back to the daemon, never kills the worker
+        except Exception as error:  # any other failure goes back to the daemon, never kills the worker
             close()
             connection.send(("error", "failed", f"{type(error).__name__}: {error}"))
 
@@ -181,7 +190,9 @@ class ProbeWorker:
     def _start(self) -> None:
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
-        self._process = context.Process(target=serve, args=(child, self.unique_id, self.profile_name, self.frequency), daemon=True)
+        self._process = context.Process(
+            target=serve, args=(child, self.unique_id, self.profile_name, self.frequency), daemon=True
+        )
         self._process.start()
         child.close()
         self._connection = parent
@@ -195,7 +206,7 @@ class ProbeWorker:
             self._connection.close()
             self._connection = None
 
-    async def call(self, operation: str, *args: Any, timeout: float) -> Any:
+    async def call(self, operation: str, *args: Any, limit_s: float) -> Any:
         async with self._lock:
             if self._process is None or not self._process.is_alive():
                 if self._process is not None:
@@ -204,14 +215,18 @@ class ProbeWorker:
                 self._start()
             connection = self._connection
             assert connection is not None  # noqa: S101  # started just above
-            connection.send((operation, args))
             try:
-                with anyio.fail_after(timeout):
+                connection.send((operation, args))
+            except OSError as error:
+                self.kill()
+                raise ProbeFailure("probe", f"the worker for {self.unique_id} is gone: {error}") from None
+            try:
+                with anyio.fail_after(limit_s):
                     answer = await anyio.to_thread.run_sync(connection.recv, abandon_on_cancel=True)
             except TimeoutError:
                 self.restarts += 1
                 self.kill()  # a hung probe: kill and start afresh next time
-                raise ProbeFailure("timeout", f"{operation} took longer than {timeout} s") from None
+                raise ProbeFailure("timeout", f"{operation} took longer than {limit_s} s") from None
             except EOFError:
                 self.kill()
                 raise ProbeFailure("probe", f"the worker for {self.unique_id} died") from None
@@ -223,9 +238,9 @@ class ProbeWorker:
         raise ProbeFailure(answer[1], answer[2])
 
     async def aclose(self) -> None:
-        if self._process is not None and self._process.is_alive():
-            try:
-                await self.call("close", timeout=10)
-            except ProbeFailure:
-                pass
-        self.kill()
+        try:
+            if self._process is not None and self._process.is_alive():
+                with contextlib.suppress(ProbeFailure):
+                    await self.call("close", limit_s=10)
+        finally:
+            self.kill()  # always: a blocked reader thread ends when the pipe closes

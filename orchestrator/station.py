@@ -22,6 +22,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from cloudserver.client import CloudClient, CloudError
 from nuwire import mcuboot
+from nuwire.errors import ProtocolError
 from nuwire.ids import RECORD_SIZE, decode_obj_id_record, encode_obj_id_record, format_uid, parse_obj_id
 from nuwire.keys import key_hash, public_key_from_raw
 from nuwire.profiles import TargetProfile
@@ -71,14 +72,27 @@ class StationStatus:
 
 
 class StationRunner:
-    def __init__(self, line: LineConfig, station: Station, profile: TargetProfile, journal: Journal,
-                 cloud: CloudClient, station_key: ec.EllipticCurvePrivateKey) -> None:  # fmt: skip
+    def __init__(
+        self,
+        line: LineConfig,
+        station: Station,
+        profile: TargetProfile,
+        *,
+        journal: Journal,
+        cloud: CloudClient,
+        station_key: ec.EllipticCurvePrivateKey,
+    ) -> None:
         self.line, self.station, self.profile = line, station, profile
         self.journal, self.cloud, self.station_key = journal, cloud, station_key
         self.probe = ProbeWorker(station.probe, profile.name)
         self.status = StationStatus()
-        self.log = structlog.get_logger("orchestrator").bind(line=line.line, station=station.name, job=line.job_id)
+        self.log = structlog.get_logger("orchestrator").bind(
+            line=line.line, station=station.name, job=line.job_id
+        )
         self.stopping = False
+        self.idle = anyio.Event()
+        self.idle.set()
+        self.on_done: Callable[[], None] = lambda: None
 
     def __repr__(self) -> str:
         return f"<StationRunner {self.station.name} state={self.status.state} uid={self.status.uid}>"
@@ -89,7 +103,9 @@ class StationRunner:
         defaults = self.line.defaults
         return {StepClass.DEBUG: defaults.debug, StepClass.CLOUD: defaults.cloud}.get(kind, defaults.uart)
 
-    async def step(self, board: Board, number: int, action: Callable[[], Awaitable[T]], *, retries: bool = True) -> T:
+    async def step(
+        self, board: Board, number: int, action: Callable[[], Awaitable[T]], *, retries: bool = True
+    ) -> T:
         step = BY_NUMBER[number]
         klass = self._class(step.kind)
         attempts = klass.retry.attempts if retries else 1
@@ -113,9 +129,18 @@ class StationRunner:
                 except Exception as error:
                     ms = round((time.monotonic() - started) * 1000)
                     self.status.last_error = str(error)[:200]
-                    self.log.warning("step.fail", **fields, duration_ms=ms, outcome="error", error=str(error)[:300])
-                    self.journal.event(board.uid, self.station.name, number, "result", attempt=n, outcome="error",
-                                       outputs={"error": str(error)[:300]})  # fmt: skip
+                    self.log.warning(
+                        "step.fail", **fields, duration_ms=ms, outcome="error", error=str(error)[:300]
+                    )
+                    self.journal.event(
+                        board.uid,
+                        self.station.name,
+                        number,
+                        "result",
+                        attempt=n,
+                        outcome="error",
+                        outputs={"error": str(error)[:300]},
+                    )
                     raise
                 ms = round((time.monotonic() - started) * 1000)
                 self.log.info("step.end", **fields, duration_ms=ms, outcome="ok")
@@ -123,14 +148,14 @@ class StationRunner:
         return result
 
     async def debug(self, operation: str, *args: Any) -> Any:
-        return await self.probe.call(operation, *args, timeout=self.line.defaults.debug.timeout_s)
+        return await self.probe.call(operation, *args, limit_s=self.line.defaults.debug.timeout_s)
 
     # -- finding a board ---------------------------------------------------------------------------
 
     async def identify(self) -> tuple[str, str] | None:
         """(UID, "debug" or "uart") of the board in the fixture, or None when nothing answers."""
         try:
-            return format_uid(tuple(await self.debug("uid"))), "debug"  # type: ignore[arg-type]
+            return format_uid(tuple(await self.debug("uid"))), "debug"
         except ProbeFailure as failure:
             if failure.kind != "not_detected":
                 return None
@@ -146,13 +171,15 @@ class StationRunner:
             # The debug port may just have missed a board being inserted: ask it again before
             # taking the board for a locked one.
             try:
-                return format_uid(tuple(await self.debug("uid"))), "debug"  # type: ignore[arg-type]
+                return format_uid(tuple(await self.debug("uid"))), "debug"
             except ProbeFailure:
                 return uid, "uart"
         return None
 
     def _uart(self, attempts: int = 6) -> UartLink:
-        return UartLink(self.station.uart, self.station.baud, timeout=self.line.defaults.uart.timeout_s, attempts=attempts)
+        return UartLink(
+            self.station.uart, self.station.baud, timeout=self.line.defaults.uart.timeout_s, attempts=attempts
+        )
 
     def _session(self, role: Role) -> HostSession:
         isp = self.line.secureisp
@@ -180,9 +207,17 @@ class StationRunner:
     # -- the sequence ------------------------------------------------------------------------------
 
     async def provision(self, uid: str, via: str) -> None:
-        board = self.journal.board(uid) or Board(uid=uid, station=self.station.name, job_id=self.line.job_id,
-                                                 started=time.time())  # fmt: skip
+        board = self.journal.board(uid) or Board(
+            uid=uid, station=self.station.name, job_id=self.line.job_id, started=time.time()
+        )
         self.journal.save(board)
+        self.idle = anyio.Event()
+        try:
+            await self._provision(board, uid, via)
+        finally:
+            self.idle.set()
+
+    async def _provision(self, board: Board, uid: str, via: str) -> None:
         self.status.state, self.status.uid, self.status.progress = "provisioning", uid, 0.0
         log = self.log.bind(uid=uid)
         started = time.monotonic()
@@ -196,7 +231,9 @@ class StationRunner:
                 # Locked, yet this line never burnt its key: not a board this line can finish.
                 raise Quarantine("the debug port is locked and the journal has no record of steps 1-6")
             board.application_key = (
-                await self.step(board, 7, lambda: self.cloud.application_key(self.line.job_id, uid, self._obj(board)))
+                await self.step(
+                    board, 7, lambda: self.cloud.application_key(self.line.job_id, uid, self._obj(board))
+                )
             ).hex()
             self.journal.save(board)
             await self.uart_steps(board)
@@ -207,7 +244,7 @@ class StationRunner:
             return
         except Quarantine as quarantine:
             board.outcome, board.reason = "QUARANTINE", str(quarantine)
-        except (Fatal, CloudError, ProbeFailure, UartFailure, mcuboot.ProtocolError) as error:
+        except (Fatal, CloudError, ProbeFailure, UartFailure, ProtocolError) as error:
             board.outcome, board.reason = "FAIL", str(error)[:300]
         if board.outcome != "PASS":
             board.failed_step = self.status.step
@@ -216,12 +253,24 @@ class StationRunner:
         self.status.counts[board.outcome] += 1
         self.status.state = board.outcome.lower()
         try:
-            await self.cloud.report(self.line.job_id, uid, self._obj(board), outcome="PASS" if board.outcome == "PASS" else "FAIL",
-                                    step=board.failed_step or 13, reason=board.reason or "")  # fmt: skip
+            await self.cloud.report(
+                self.line.job_id,
+                uid,
+                self._obj(board),
+                outcome="PASS" if board.outcome == "PASS" else "FAIL",
+                step=board.failed_step or 13,
+                reason=board.reason or "",
+            )
         except CloudError as error:
             log.warning("board.report_failed", error=str(error))
-        log.info("board.done", outcome=board.outcome, failed_step=board.failed_step, reason=board.reason,
-                 duration_ms=round((time.monotonic() - started) * 1000))  # fmt: skip
+        self.on_done()
+        log.info(
+            "board.done",
+            outcome=board.outcome,
+            failed_step=board.failed_step,
+            reason=board.reason,
+            duration_ms=round((time.monotonic() - started) * 1000),
+        )
 
     @staticmethod
     def _obj(board: Board) -> str:
@@ -230,7 +279,7 @@ class StationRunner:
         return board.obj_id
 
     async def _check_uid(self, board: Board) -> None:
-        uid = format_uid(tuple(await self.debug("uid")))  # type: ignore[arg-type]
+        uid = format_uid(tuple(await self.debug("uid")))
         if uid != board.uid:
             raise Swapped(f"expected UID {board.uid}, found {uid}")
 
@@ -245,10 +294,15 @@ class StationRunner:
             obj_id = await self.cloud.register(board.uid)
             if on_board is None:
                 record = encode_obj_id_record(parse_obj_id(obj_id))
-                await self.debug("program_words", p.objid_record,
-                                 [int.from_bytes(record[i : i + 4], "little") for i in range(0, len(record), 4)])  # fmt: skip
+                await self.debug(
+                    "program_words",
+                    p.objid_record,
+                    [int.from_bytes(record[i : i + 4], "little") for i in range(0, len(record), 4)],
+                )
                 words = await self.debug("read_words", p.objid_record, RECORD_SIZE // 4)
-                if decode_obj_id_record(b"".join(int(w).to_bytes(4, "little") for w in words)) != parse_obj_id(obj_id):
+                if decode_obj_id_record(
+                    b"".join(int(w).to_bytes(4, "little") for w in words)
+                ) != parse_obj_id(obj_id):
                     raise Quarantine("OBJ_ID record did not read back")
             elif on_board.hex() != obj_id:
                 raise Quarantine(f"the board carries OBJ_ID {on_board.hex()}, the cloud says {obj_id}")
@@ -256,7 +310,9 @@ class StationRunner:
             self.journal.save(board)
 
         await self.step(board, 1, identity)
-        signed = await self.step(board, 2, lambda: self.cloud.bootloader(self.line.job_id, board.uid, self._obj(board)))
+        signed = await self.step(
+            board, 2, lambda: self.cloud.bootloader(self.line.job_id, board.uid, self._obj(board))
+        )
         image = mcuboot.parse(signed.image)
         if mcuboot.verify(image, public_key_from_raw(signed.public_key)) is not mcuboot.Verdict.OK:
             raise Fatal("the signed bootloader does not verify with the key it came with")
@@ -297,11 +353,15 @@ class StationRunner:
                 if have == want:
                     continue
                 if have != ERASED:
-                    raise Quarantine(f"OTP entry {entry} word {offset} holds 0x{have:08X}, expected 0x{want:08X}")
+                    raise Quarantine(
+                        f"OTP entry {entry} word {offset} holds 0x{have:08X}, expected 0x{want:08X}"
+                    )
                 plan.append((self.profile.otp.entry_address(entry) + 4 * offset, want))
         if not plan:
             return
-        self.journal.event(board.uid, self.station.name, number, "otp-intent", outputs={"words": [a for a, _ in plan]})
+        self.journal.event(
+            board.uid, self.station.name, number, "otp-intent", outputs={"words": [a for a, _ in plan]}
+        )
         for address, word in plan:
             await self.debug("program_words", address, [word])
         after = await self.debug("read_otp", list(wanted))
@@ -331,7 +391,9 @@ class StationRunner:
             except UartFailure:
                 in_bootloader = True  # a resumed board may already run its bootloader
             if not in_bootloader:
-                await self.step(board, 8, lambda: self._burn_app_hash(link, rom, board, app_key), retries=False)
+                await self.step(
+                    board, 8, lambda: self._burn_app_hash(link, rom, board, app_key), retries=False
+                )
 
                 async def reboot() -> None:
                     reply = await link.exchange(rom, rom.send(m.RebootToBootloader()))
@@ -343,9 +405,14 @@ class StationRunner:
                 await self.step(board, 9, reboot, retries=False)
             boot = self._session(Role.BOOTLOADER)
             await self.step(board, 10, lambda: link.open_session(boot), retries=False)
-            signed = await self.step(board, 11, lambda: self.cloud.application(self.line.job_id, board.uid, self._obj(board)))
+            signed = await self.step(
+                board, 11, lambda: self.cloud.application(self.line.job_id, board.uid, self._obj(board))
+            )
             image = mcuboot.parse(signed.image)
-            if signed.public_key != app_key or mcuboot.verify_against_key_hash(image, key_hash(app_key)) is not mcuboot.Verdict.OK:
+            if (
+                signed.public_key != app_key
+                or mcuboot.verify_against_key_hash(image, key_hash(app_key)) is not mcuboot.Verdict.OK
+            ):
                 raise Fatal("the signed application does not verify with the board's application key")
             await self.step(board, 12, lambda: self._download(link, boot, board, signed.image), retries=False)
 
@@ -371,7 +438,9 @@ class StationRunner:
             back = m.OtpValue.from_payload((await link.exchange(rom, rom.send(m.ReadOtp(entry)))).payload)
             if (back.low, back.high) != (low, high):
                 raise Quarantine(f"OTP entry {entry} did not read back after WRITE_OTP ({reply.status!r})")
-            self.journal.event(board.uid, self.station.name, 8, "otp-result", outcome="written", outputs={"entry": entry})
+            self.journal.event(
+                board.uid, self.station.name, 8, "otp-result", outcome="written", outputs={"entry": entry}
+            )
 
     async def _download(self, link: UartLink, boot: HostSession, board: Board, image: bytes) -> None:
         import hashlib  # noqa: PLC0415
@@ -380,12 +449,16 @@ class StationRunner:
         if format_uid(device.uid) != board.uid:
             raise Swapped(f"expected UID {board.uid}, the bootloader answers {format_uid(device.uid)}")
         slot = self.profile.application_slot
-        reply = await link.exchange(boot, boot.send(m.DlBegin(slot.base, len(image), hashlib.sha256(image).digest())))
+        reply = await link.exchange(
+            boot, boot.send(m.DlBegin(slot.base, len(image), hashlib.sha256(image).digest()))
+        )
         if not reply.ok:
             raise Fatal(f"DL_BEGIN refused: {reply.status!r}")
         padded = image + b"\xff" * (-len(image) % 4)
         for offset in range(0, len(padded), 48):
-            reply = await link.exchange(boot, boot.send(m.MassWrite(offset // 48, padded[offset : offset + 48])))
+            reply = await link.exchange(
+                boot, boot.send(m.MassWrite(offset // 48, padded[offset : offset + 48]))
+            )
             if not reply.ok:
                 raise UartFailure(f"MASS_WRITE at {offset} refused: {reply.status!r}")
             self.status.progress = min(1.0, (offset + 48) / len(padded))

@@ -37,7 +37,9 @@ class UartLink:
         return f"<UartLink {self.device} {self.baud} baud open={self._reader is not None}>"
 
     async def __aenter__(self) -> UartLink:
-        self._reader, self._writer = await serial_asyncio.open_serial_connection(url=self.device, baudrate=self.baud)
+        self._reader, self._writer = await serial_asyncio.open_serial_connection(
+            url=self.device, baudrate=self.baud
+        )
         return self
 
     async def __aexit__(self, *_: object) -> None:

@@ -1,0 +1,95 @@
+"""stations.yaml validation: every error names the file, the line and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from nuwire.keys import raw_public_key
+from orchestrator.cli import main
+from orchestrator.config import ConfigError, load
+
+KEY = raw_public_key(ec.generate_private_key(ec.SECP256R1()).public_key()).hex()
+GOOD = f"""\
+line: line-a
+cloud:
+  url: https://127.0.0.1:8443
+  client_certificate: pki/station.crt
+  client_key: pki/station.key
+  ca: pki/ca.crt
+job_id: job-0123456789ab
+secureisp:
+  rom_public_key: {KEY}
+  bootloader_public_key: {KEY}
+  station_key: station.pem
+stations:
+  - name: s1
+    probe: "boardsim:A"
+    uart: /dev/ttyACM0
+  - name: s2
+    probe: "boardsim:B"
+    uart: /dev/ttyACM1
+    baud: 921600
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "stations.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_good_file_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
+    config = load(write(tmp_path, GOOD))
+    assert [s.name for s in config.stations] == ["s1", "s2"]
+    assert config.cloud.ca == tmp_path / "pki" / "ca.crt"
+    assert config.defaults.uart.timeout_s == 2
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (("    baud: 921600", "    baud: fast"), ":19: stations.1.baud: Input should be a valid integer"),
+        (
+            ("    uart: /dev/ttyACM1", "    uart: /dev/ttyACM0"),
+            ":18: stations.1.uart: '/dev/ttyACM0' is already used by station 0",
+        ),
+        (
+            ('    probe: "boardsim:B"', '    probe: "boardsim:A"'),
+            ":17: stations.1.probe: 'boardsim:A' is already used",
+        ),
+        (
+            ("  - name: s1", "  - name: s1\n    colour: red"),
+            ":14: stations.0.colour: Extra inputs are not permitted",
+        ),
+        (
+            ("  url: https://127.0.0.1:8443", "  url: http://127.0.0.1:8443"),
+            ":3: cloud.url: String should match pattern",
+        ),
+        (
+            (f"  rom_public_key: {KEY}", "  rom_public_key: 'abcd'"),
+            ":9: secureisp.rom_public_key: not a P-256 public key",
+        ),
+        (("line: line-a", "line: [oops"), ": not valid YAML"),
+    ],
+)
+def test_errors_name_file_line_and_field(tmp_path: Path, edit: tuple[str, str], expected: str) -> None:
+    path = write(tmp_path, GOOD.replace(*edit))
+    with pytest.raises(ConfigError) as error:
+        load(path)
+    assert str(error.value).startswith(str(path))
+    assert expected in str(error.value)
+
+
+def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(write(tmp_path, GOOD))]) == 0
+    assert "2 stations" in capsys.readouterr().out
+    assert main(["check-config", str(write(tmp_path, GOOD.replace("job_id", "job")))]) == 2
+    assert "stations.yaml" in capsys.readouterr().err
+    assert main(["check-config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_the_shipped_stations_yaml_is_valid() -> None:
+    load(Path(__file__).parent.parent.parent / "stations.yaml")
