@@ -55,6 +55,7 @@ class ServeSettings:
 
 class Simulator:
     def __init__(self, settings: ServeSettings) -> None:
+        settings.state_dir = settings.state_dir.absolute()  # links and sockets must not depend on the cwd
         self.settings = settings
         root = settings.state_dir
         for folder in (root, root / "probes", root / "uart"):

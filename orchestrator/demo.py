@@ -153,7 +153,9 @@ def _prepare(workdir: Path, app_size: int) -> dict[str, bytes]:
     return bodies
 
 
-def _start(workdir: Path, stations: int, boards: int, baud: int) -> list[subprocess.Popen[bytes]]:
+def _start(
+    workdir: Path, stations: int, boards: int, baud: int, faults: Path | None
+) -> list[subprocess.Popen[bytes]]:
     """cloudserver and boardsim in their own processes, on 127.0.0.1, logging into WORKDIR/logs."""
     env = dict(os.environ)
     cloud_dir, boards_dir, logs_dir = workdir / "cloud", workdir / "boards", workdir / "logs"
@@ -163,6 +165,7 @@ def _start(workdir: Path, stations: int, boards: int, baud: int) -> list[subproc
         _tool("boardsim"), "serve", "--stations", str(stations), "--state-dir", str(boards_dir),
         "--boards-per-station", str(boards), "--baud", str(baud),
         "--handling-delay", "0.2", "--idle-removal", "120",
+        *(["--faults", str(faults)] if faults is not None else []),
     ]  # fmt: skip
     with (
         (logs_dir / "cloudserver.jsonl").open("wb") as cloud_log,
@@ -228,12 +231,14 @@ def _summary(result: dict[str, Any], workdir: Path) -> None:
     )
 
 
-def demo(*, stations: int, boards: int, workdir: Path, baud: int, app_size: int) -> int:
+def demo(
+    *, stations: int, boards: int, workdir: Path, baud: int, app_size: int, faults: Path | None = None
+) -> int:
     started = time.monotonic()
     bodies = _prepare(workdir, app_size)
     os.environ["BOARDSIM_PROBES"] = str((workdir / "probes").resolve())  # for boardsim and the probe workers
     total = stations * boards
-    processes = _start(workdir, stations, boards, baud)
+    processes = _start(workdir, stations, boards, baud, faults)
     try:
         url, job_id = anyio.run(_create_job, workdir / "cloud", bodies, total)
         simulated = json.loads((workdir / "boards" / "serve.json").read_text())
