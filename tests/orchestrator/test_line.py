@@ -31,7 +31,7 @@ def test_uart_corruption_and_a_brownout_mid_download_still_pass(tmp_path: Path) 
     faults.write_text(
         "station-01: {uart_corrupt_rate: 0.0001, uart_loss_rate: 0.0001}\n"
         "station-02: {brownout_at_command: 0x8301}\n"  # the first MASS_WRITE of the download
-        "station-03: {swd_fault_rate: 0.0005}\n"
+        "station-03: {swd_fault_rate: 0.00002}\n"
     )
     result, report = demo(
         tmp_path / "run", "--stations", "3", "--boards", "1", "--app-size", "20000", "--faults", str(faults)
