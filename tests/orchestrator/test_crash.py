@@ -46,8 +46,18 @@ def test_sigkill_at_many_points_then_resume(tmp_path: Path) -> None:
         (workdir / "stations.yaml").write_text(
             _stations_yaml(workdir, url, job_id, simulated, uart_timeout=0.5)
         )
-        command = [venv_tool("orchestrator"), "run", "--config", str(workdir / "stations.yaml"),
-                   "--journal", str(journal), "--log-file", str(workdir / "logs" / "orchestrator.jsonl")]  # fmt: skip
+        log = workdir / "logs" / "orchestrator.jsonl"
+        config = workdir / "stations.yaml"
+        command = [
+            venv_tool("orchestrator"),
+            "run",
+            "--config",
+            str(config),
+            "--journal",
+            str(journal),
+            "--log-file",
+            str(log),
+        ]
         deadline = time.monotonic() + 300
         while finished(journal) < STATIONS * BOARDS:
             assert time.monotonic() < deadline, "the line did not finish after restarts"
