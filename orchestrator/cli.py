@@ -84,6 +84,7 @@ def demo_command(args: argparse.Namespace) -> int:
         baud=args.baud,
         app_size=args.app_size,
         faults=args.faults,
+        quantity=args.quantity,
     )
 
 
@@ -108,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--baud", type=int, default=921_600)
     cmd.add_argument("--app-size", type=int, default=16 * 1024)
     cmd.add_argument("--faults", type=Path, help="boardsim faults file (YAML): station name -> faults")
+    cmd.add_argument("--quantity", type=int, help="the job's quota (default: stations x boards)")
     cmd.set_defaults(handler=demo_command)
     cmd = commands.add_parser("image-info", help="parse an MCUboot image, and verify it with --key")
     cmd.add_argument("image", type=Path)

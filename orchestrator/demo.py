@@ -232,7 +232,14 @@ def _summary(result: dict[str, Any], workdir: Path) -> None:
 
 
 def demo(
-    *, stations: int, boards: int, workdir: Path, baud: int, app_size: int, faults: Path | None = None
+    *,
+    stations: int,
+    boards: int,
+    workdir: Path,
+    baud: int,
+    app_size: int,
+    faults: Path | None = None,
+    quantity: int | None = None,
 ) -> int:
     started = time.monotonic()
     bodies = _prepare(workdir, app_size)
@@ -240,7 +247,7 @@ def demo(
     total = stations * boards
     processes = _start(workdir, stations, boards, baud, faults)
     try:
-        url, job_id = anyio.run(_create_job, workdir / "cloud", bodies, total)
+        url, job_id = anyio.run(_create_job, workdir / "cloud", bodies, quantity or total)
         simulated = json.loads((workdir / "boards" / "serve.json").read_text())
         (workdir / "stations.yaml").write_text(
             _stations_yaml(workdir, url, job_id, simulated, uart_timeout=0.5)
