@@ -60,8 +60,13 @@ def test_a_quota_refusal_fails_that_board_once_without_a_retry_storm(tmp_path: P
     assert refused["failed_step"] == 2
     assert "quota exhausted" in refused["reason"]
     assert refused["steps"]["2"]["attempts"] == 1  # a 409 is final: no retries
-    audit = subprocess.run([venv_tool("cloudserver"), "audit", "--data", str(tmp_path / "run" / "cloud"), "--json"],
-                           capture_output=True, text=True, check=True)  # fmt: skip
+    cloud = tmp_path / "run" / "cloud"
+    audit = subprocess.run(
+        [venv_tool("cloudserver"), "audit", "--data", str(cloud), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     refusals = [json.loads(line) for line in audit.stdout.splitlines() if '"refuse"' in line]
     assert len(refusals) == 1
     assert refusals[0]["uid"] == refused["uid"]
