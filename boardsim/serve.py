@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import yaml
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -227,24 +228,8 @@ async def _plug(station: Station) -> None:
 
 
 def _stations_yaml(description: dict[str, Any]) -> str:
-    keys = description["secureisp"]
-    lines = [
-        "# Written by boardsim serve: the simulated line's stations and SecureISP keys.",
-        "secureisp:",
-        f"  rom_public_key: {keys['rom_public_key']}",
-        f"  bootloader_public_key: {keys['bootloader_public_key']}",
-        "stations:",
-    ]
-    for station in description["stations"]:
-        lines += [
-            f"  - name: {station['name']}",
-            f'    probe: "{station["probe"]}"',
-            f'    usb_port: "{station["usb_port"]}"',
-            f"    uart: {station['uart']}",
-            f"    baud: {station['baud']}",
-            "    enabled: true",
-        ]
-    return "\n".join(lines) + "\n"
+    header = "# Written by boardsim serve: the simulated line's stations and SecureISP keys.\n"
+    return header + yaml.safe_dump(description, sort_keys=False)
 
 
 async def serve(settings: ServeSettings) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,25 +111,13 @@ def _print(value: object) -> None:
     print(json.dumps(value, indent=2))
 
 
-def job_command(args: argparse.Namespace) -> int:
+def _admin_call(args: argparse.Namespace, action: Callable[[Any], Awaitable[object]]) -> int:
+    """Run one admin call against the server and print its JSON; cloud errors are one line, exit 1."""
     from cloudserver.client import CloudError  # noqa: PLC0415
 
     async def act() -> object:
         async with _admin(args) as cloud:
-            if args.action == "create":
-                return await cloud.create_job(
-                    pdid=int(args.pdid, 0),
-                    bootloader=args.bootloader.read_bytes(),
-                    bootloader_version=args.bootloader_version,
-                    application=args.application.read_bytes(),
-                    application_version=args.application_version,
-                    quantity=args.quantity,
-                )
-            if args.action == "list":
-                return await cloud.jobs()
-            if args.action == "show":
-                return await cloud.job(args.job_id)
-            return await cloud.close_job(args.job_id)
+            return await action(cloud)
 
     try:
         _print(anyio.run(act))
@@ -137,21 +125,33 @@ def job_command(args: argparse.Namespace) -> int:
         print(f"cloudserver: error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def job_command(args: argparse.Namespace) -> int:
+    async def action(cloud: Any) -> object:
+        if args.action == "create":
+            return await cloud.create_job(
+                pdid=int(args.pdid, 0),
+                bootloader=args.bootloader.read_bytes(),
+                bootloader_version=args.bootloader_version,
+                application=args.application.read_bytes(),
+                application_version=args.application_version,
+                quantity=args.quantity,
+            )
+        if args.action == "list":
+            return await cloud.jobs()
+        if args.action == "show":
+            return await cloud.job(args.job_id)
+        return await cloud.close_job(args.job_id)
+
+    return _admin_call(args, action)
 
 
 def device_command(args: argparse.Namespace) -> int:
-    from cloudserver.client import CloudError  # noqa: PLC0415
+    async def action(cloud: Any) -> object:
+        return await cloud.device(args.uid)
 
-    async def act() -> object:
-        async with _admin(args) as cloud:
-            return await cloud.device(args.uid)
-
-    try:
-        _print(anyio.run(act))
-    except CloudError as error:
-        print(f"cloudserver: error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return _admin_call(args, action)
 
 
 def audit_command(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from nuwire import mcuboot
 from nuwire.cli import parser, run
@@ -45,13 +46,20 @@ def otp_words(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_config(args: argparse.Namespace) -> int:
+def _config(path: Path) -> Any:
+    """The validated stations.yaml, or None after printing the error (file, line, field)."""
     from orchestrator.config import ConfigError, load  # noqa: PLC0415
 
     try:
-        config = load(args.file)
+        return load(path)
     except ConfigError as error:
         print(f"orchestrator: error: {error}", file=sys.stderr)
+        return None
+
+
+def check_config(args: argparse.Namespace) -> int:
+    config = _config(args.file)
+    if config is None:
         return 2
     print(f"{args.file}: line {config.line}, {len(config.stations)} stations, job {config.job_id}: ok")
     return 0
@@ -61,13 +69,10 @@ def run_command(args: argparse.Namespace) -> int:
     import anyio  # noqa: PLC0415
 
     from orchestrator import logs  # noqa: PLC0415
-    from orchestrator.config import ConfigError, load  # noqa: PLC0415
     from orchestrator.daemon import run  # noqa: PLC0415
 
-    try:
-        config = load(args.config)
-    except ConfigError as error:
-        print(f"orchestrator: error: {error}", file=sys.stderr)
+    config = _config(args.config)
+    if config is None:
         return 2
     logs.configure(args.log_file)
     anyio.run(run, config, args.journal)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 from rich.console import Console
 from rich.live import Live
@@ -51,36 +52,22 @@ def _wait_for(path: Path, process: subprocess.Popen[bytes], what: str, timeout: 
 def _stations_yaml(
     workdir: Path, url: str, job_id: str, simulated: dict[str, Any], uart_timeout: float
 ) -> str:
-    keys = simulated["secureisp"]
-    lines = [
-        "# Written by orchestrator demo: the simulated line.",
-        "line: demo-line",
-        "target_profile: M2354",
-        "cloud:",
-        f"  url: {url}",
-        "  client_certificate: cloud/pki/station-01.crt",
-        "  client_key: cloud/pki/station-01.key",
-        "  ca: cloud/pki/ca.crt",
-        f"job_id: {job_id}",
-        "secureisp:",
-        f"  rom_public_key: {keys['rom_public_key']}",
-        f"  bootloader_public_key: {keys['bootloader_public_key']}",
-        "  station_key: station-isp-key.pem",
-        "defaults:",
-        "  uart:",
-        f"    timeout_s: {uart_timeout}",
-        "    retry: {attempts: 6, backoff_s: 0.1}",
-        "stations:",
-    ]
-    for station in simulated["stations"]:
-        lines += [
-            f"  - name: {station['name']}",
-            f'    probe: "{station["probe"]}"',
-            f'    usb_port: "{station["usb_port"]}"',
-            f"    uart: {station['uart']}",
-            f"    baud: {station['baud']}",
-        ]
-    return "\n".join(lines) + "\n"
+    pki = "cloud/pki"
+    config = {
+        "line": "demo-line",
+        "target_profile": "M2354",
+        "cloud": {
+            "url": url,
+            "client_certificate": f"{pki}/station-01.crt",
+            "client_key": f"{pki}/station-01.key",
+            "ca": f"{pki}/ca.crt",
+        },
+        "job_id": job_id,
+        "secureisp": {**simulated["secureisp"], "station_key": "station-isp-key.pem"},
+        "defaults": {"uart": {"timeout_s": uart_timeout, "retry": {"attempts": 6, "backoff_s": 0.1}}},
+        "stations": simulated["stations"],
+    }
+    return "# Written by orchestrator demo: the simulated line.\n" + yaml.safe_dump(config, sort_keys=False)
 
 
 def _view(line: Line, total: int) -> Table:
