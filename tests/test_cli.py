@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from boardsim.cli import main as boardsim
 from cloudserver.cli import main as cloudserver
 from orchestrator.cli import main as orchestrator
-from orchestrator.walkthrough import main as walkthrough
 from tests.conftest import venv_tool
 
 
@@ -132,20 +131,3 @@ def test_profile_is_printed_as_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert shown["pdid"] == "0xA1735440"
     assert shown["otp"]["app_key_hash"] == [8, 11]  # first and last entry
     assert shown["unlock_sequence"] == ["0x59", "0x16", "0x88"]
-
-
-def test_walkthrough_makes_images_imgtool_accepts(tmp_path: Path) -> None:
-    assert walkthrough([str(tmp_path)]) == 0
-    result = subprocess.run(
-        [
-            venv_tool("imgtool"),
-            "verify",
-            "-k",
-            str(tmp_path / "app-key.pem"),
-            str(tmp_path / "application.signed.bin"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
