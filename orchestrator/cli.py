@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -75,7 +76,7 @@ def run_command(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     logs.configure(args.log_file)
-    anyio.run(run, config, args.journal)
+    anyio.run(functools.partial(run, config, args.journal, config_path=args.config))
     return 0
 
 

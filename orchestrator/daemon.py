@@ -2,7 +2,9 @@
 
 ``run`` serves until SIGTERM (or, for the demo, until ``until`` boards are finished). On SIGTERM
 stations stop taking new boards and the daemon exits once each is at a safe point (no board in the
-middle of an irreversible write) or after ``stop_timeout_s``.
+middle of a step) or after ``stop_timeout_s``. On SIGHUP it reloads stations.yaml: new stations
+start, removed ones stop at a safe point, changed ones restart, untouched ones go on without a
+pause; an invalid file keeps the running configuration and logs why (file, line, field).
 """
 
 from __future__ import annotations
@@ -11,18 +13,23 @@ import signal
 from pathlib import Path
 
 import anyio
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
 
 from cloudserver.client import CloudClient, client_context
 from nuwire.pem import load_private_key
 from nuwire.profiles import profile
-from orchestrator.config import LineConfig
+from orchestrator.config import ConfigError, LineConfig, Station, load
 from orchestrator.journal import Journal
 from orchestrator.station import StationRunner
 
+log = structlog.get_logger("orchestrator")
+
 
 class Line:
-    def __init__(self, config: LineConfig, journal: Journal) -> None:
+    def __init__(self, config: LineConfig, journal: Journal, config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         self.journal = journal
         cloud = config.cloud
         self.cloud = CloudClient(
@@ -31,18 +38,72 @@ class Line:
             attempts=config.defaults.cloud.retry.attempts,
             backoff=config.defaults.cloud.retry.backoff_s,
         )
-        key = load_private_key(config.secureisp.station_key)
-        target = profile(config.target_profile)
-        self.runners = [
-            StationRunner(config, station, target, journal=journal, cloud=self.cloud, station_key=key)
-            for station in config.stations
-            if station.enabled
-        ]
+        self._key = load_private_key(config.secureisp.station_key)
+        self._profile = profile(config.target_profile)
+        self.stations: dict[str, tuple[Station, StationRunner, anyio.CancelScope]] = {}
+        self._on_done = lambda: None
+        self._stop_timeout_s = 30.0
 
     def __repr__(self) -> str:
-        return f"<Line {self.config.line} stations={len(self.runners)}>"
+        return f"<Line {self.config.line} stations={len(self.stations)}>"
+
+    @property
+    def runners(self) -> list[StationRunner]:
+        return [runner for _, runner, _ in self.stations.values()]
+
+    async def _start_station(self, group: TaskGroup, station: Station) -> None:
+        runner = StationRunner(
+            self.config, station, self._profile, journal=self.journal, cloud=self.cloud, station_key=self._key
+        )
+        runner.on_done = self._on_done
+        scope = anyio.CancelScope()
+
+        async def guarded(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            with scope:
+                await runner.run(task_status=task_status)
+
+        await group.start(guarded)
+        self.stations[station.name] = (station, runner, scope)
+        log.info("station.start", station=station.name, probe=station.probe, uart=station.uart)
+
+    async def _stop_station(self, name: str) -> None:
+        _, runner, scope = self.stations.pop(name)
+        runner.stopping = True
+        with anyio.move_on_after(self._stop_timeout_s):  # a safe point: between boards
+            await runner.idle.wait()
+        scope.cancel()
+        log.info("station.stop", station=name)
+
+    async def reload(self, group: TaskGroup) -> None:
+        if self.config_path is None:
+            return
+        try:
+            config = load(self.config_path)
+        except ConfigError as error:
+            log.error("config.invalid", error=str(error), kept="the running configuration")
+            return
+        wanted = {s.name: s for s in config.stations if s.enabled}
+        running = {name: station for name, (station, _, _) in self.stations.items()}
+        for name, station in running.items():
+            if name not in wanted:
+                group.start_soon(self._stop_station, name)
+            elif wanted[name] != station:
+                group.start_soon(self._restart_station, group, wanted[name])
+        # Stations and step settings reload; the cloud, the job and the keys need a restart.
+        self.config = self.config.model_copy(
+            update={"stations": config.stations, "defaults": config.defaults}
+        )
+        for name, station in wanted.items():
+            if name not in running:
+                await self._start_station(group, station)
+        log.info("config.reloaded", stations=sorted(wanted))
+
+    async def _restart_station(self, group: TaskGroup, station: Station) -> None:
+        await self._stop_station(station.name)
+        await self._start_station(group, station)
 
     async def run(self, *, until: int | None = None, stop_timeout_s: float = 30.0) -> None:
+        self._stop_timeout_s = stop_timeout_s
         all_done = anyio.Event()
         finished = len(self.journal.finished())
 
@@ -52,16 +113,20 @@ class Line:
             if until is not None and finished >= until:
                 all_done.set()
 
+        self._on_done = board_done
         if until is not None and finished >= until:
             return
         async with anyio.create_task_group() as group:
-            for runner in self.runners:
-                runner.on_done = board_done
-                await group.start(runner.run)
+            for station in self.config.stations:
+                if station.enabled:
+                    await self._start_station(group, station)
             if until is not None:
                 group.start_soon(self._cancel_when, all_done, group.cancel_scope)
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        await self.reload(group)
+                        continue
                     for runner in self.runners:
                         runner.stopping = True
                     with anyio.move_on_after(stop_timeout_s):  # each station reaches a safe point
@@ -77,9 +142,11 @@ class Line:
         scope.cancel()
 
 
-async def run(config: LineConfig, journal_path: Path, *, until: int | None = None) -> None:
+async def run(
+    config: LineConfig, journal_path: Path, *, until: int | None = None, config_path: Path | None = None
+) -> None:
     journal = Journal(journal_path)
     try:
-        await Line(config, journal).run(until=until)
+        await Line(config, journal, config_path).run(until=until)
     finally:
         journal.close()
