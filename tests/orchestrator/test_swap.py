@@ -1,0 +1,247 @@
+"""A board swapped for another between steps 2 and 3, and between 7 and 8: the new board is never
+written with the old board's keys; the old board, put back, resumes where it stopped.
+
+The fixture is in-process: a probe that carries out the pyOCD worker's operations on the board
+model (a fake with the worker's interface), the real UART as a pseudo-terminal, a real cloud server.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from boardsim.board import Board, BusFault
+from boardsim.isp import BoardIsp, IspKeys
+from boardsim.station import make_board
+from boardsim.uart import UartPort
+from cloudserver.client import CloudClient, client_context
+from cloudserver.pki import init_pki
+from cloudserver.server import run as run_cloud
+from cloudserver.settings import load as load_settings
+from cloudserver.settings import write_default
+from nuwire.keys import raw_public_key
+from nuwire.profiles import M2354
+from orchestrator.config import LineConfig
+from orchestrator.journal import Journal
+from orchestrator.probe_worker import ProbeFailure, _Target
+from orchestrator.station import StationRunner
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+class Fixture:
+    """The socket a board sits in; ``board`` may be swapped at any time."""
+
+    def __init__(self, board: Board, keys: IspKeys) -> None:
+        self.keys = keys
+        self.isp: BoardIsp | None = None
+        self.board = board
+
+    @property
+    def board(self) -> Board:
+        return self._board
+
+    @board.setter
+    def board(self, board: Board) -> None:
+        self._board = board
+        board.reset("inserted")
+        self.isp = BoardIsp(board, self.keys)
+
+
+class BoardTarget:
+    """The part of pyOCD's target API the worker's _Target uses, on the board in the fixture."""
+
+    def __init__(self, fixture: Fixture) -> None:
+        self.fixture = fixture
+
+    def _board(self) -> Board:
+        if self.fixture.board.debug_locked:
+            raise ProbeFailure("not_detected", "Target not detected")
+        return self.fixture.board
+
+    def read32(self, address: int) -> int:
+        return self._board().read32(address)
+
+    def write32(self, address: int, value: int) -> None:
+        self._board().write32(address, value)
+
+    def read_memory_block8(self, address: int, length: int) -> list[int]:
+        return list(self._board().flash_read(address, length))
+
+    def reset_and_halt(self) -> None:
+        self._board().reset("debugger reset")
+
+
+class FakeProbe:
+    """The ProbeWorker interface, carried out on the board model instead of through pyOCD."""
+
+    def __init__(self, fixture: Fixture, on_call: Any = None) -> None:
+        self.target = _Target(SimpleNamespace(target=BoardTarget(fixture)), M2354)
+        self.fixture = fixture
+        self.on_call = on_call or (lambda operation: None)
+
+    async def call(self, operation: str, *args: Any, limit_s: float) -> Any:
+        self.on_call(operation)
+        board = self.fixture.board
+        if board.debug_locked:
+            raise ProbeFailure("not_detected", "Target not detected")
+        try:
+            if operation == "flash":
+                address, data = args
+                for offset in range(0, len(data), M2354.aprom.page_size):
+                    board.erase_page(address + offset)
+                for offset in range(0, len(data), 4):
+                    board.program_flash_word(
+                        address + offset,
+                        int.from_bytes(data[offset : offset + 4].ljust(4, b"\xff"), "little"),
+                    )
+                return None
+            if operation == "lock_and_reset":
+                self.target.program_words(
+                    M2354.debug_lock.config_address, [0xFFFFFFFF & ~M2354.debug_lock.mask]
+                )
+                board.reset("debugger reset")
+                return None
+            return getattr(self.target, operation)(*args)
+        except BusFault as fault:
+            raise ProbeFailure("transfer", str(fault)) from None
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _line(tmp_path: Path, scenario: Any) -> None:
+    data = tmp_path / "cloud"
+    data.mkdir()
+    init_pki(data / "pki", 1)
+    write_default(data, 0)
+    keys = IspKeys(
+        rom=ec.generate_private_key(ec.SECP256R1()), bootloader=ec.generate_private_key(ec.SECP256R1())
+    )
+    old, new = (
+        make_board(M2354, 1, 1, "blank", Board(M2354, (0, 0, 0)).timing),
+        make_board(M2354, 1, 2, "blank", Board(M2354, (0, 0, 0)).timing),
+    )
+    fixture = Fixture(old, keys)
+    station_key = tmp_path / "station.pem"
+    from nuwire.pem import private_pem  # noqa: PLC0415
+
+    station_key.write_bytes(private_pem(ec.generate_private_key(ec.SECP256R1())))
+    async with anyio.create_task_group() as group:
+        url = await group.start(run_cloud, load_settings(data), data)
+        pki = data / "pki"
+        async with CloudClient(
+            url, client_context(pki / "admin.crt", pki / "admin.key", pki / "ca.crt")
+        ) as admin:
+            job = await admin.create_job(
+                pdid=M2354.pdid,
+                bootloader=os.urandom(3000),
+                bootloader_version="1.0.0",
+                application=os.urandom(3000),
+                application_version="1.0.0",
+                quantity=5,
+            )
+        port = UartPort(tmp_path / "uart", 921_600, lambda: fixture.isp)
+        group.start_soon(port.serve)
+        config = LineConfig.model_validate(
+            {
+                "line": "swap",
+                "job_id": job["id"],
+                "cloud": {
+                    "url": url,
+                    "client_certificate": pki / "station-01.crt",
+                    "client_key": pki / "station-01.key",
+                    "ca": pki / "ca.crt",
+                },
+                "secureisp": {
+                    "rom_public_key": raw_public_key(keys.rom.public_key()).hex(),
+                    "bootloader_public_key": raw_public_key(keys.bootloader.public_key()).hex(),
+                    "station_key": station_key,
+                },
+                "defaults": {"uart": {"timeout_s": 0.5}},
+                "stations": [
+                    {"name": "station-01", "probe": "fake", "uart": str(tmp_path / "uart"), "baud": 921_600}
+                ],
+            }
+        )
+        journal = Journal(tmp_path / "journal.db")
+        cloud = CloudClient(
+            url, client_context(pki / "station-01.crt", pki / "station-01.key", pki / "ca.crt")
+        )
+        from nuwire.pem import load_private_key  # noqa: PLC0415
+
+        runner = StationRunner(
+            config,
+            config.stations[0],
+            M2354,
+            journal=journal,
+            cloud=cloud,
+            station_key=load_private_key(station_key),
+        )
+        await scenario(runner, fixture, old, new, journal)
+        await cloud.aclose()
+        journal.close()
+        port.close()
+        group.cancel_scope.cancel()
+
+
+def _untouched(board: Board) -> bool:
+    return not any(board.otp_program_counts) and not board.debug_locked
+
+
+def test_swapped_between_steps_2_and_3(tmp_path: Path) -> None:
+    async def scenario(
+        runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
+    ) -> None:
+        def swap(operation: str) -> None:
+            if operation == "uid" and runner.status.step == 3 and fixture.board is old:
+                fixture.board = new
+
+        runner.probe = FakeProbe(fixture, swap)  # type: ignore[assignment]
+        await runner.provision(old.uid_text, "debug")
+        assert _untouched(new)  # never written with the old board's keys
+        assert not any(old.otp_program_counts)
+        assert journal.board(old.uid_text).outcome is None  # type: ignore[union-attr]  # not finished: stopped
+        runner.probe = FakeProbe(fixture)  # type: ignore[assignment]
+        fixture.board = old  # put back
+        await runner.provision(old.uid_text, "debug")
+        assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
+        assert old.otp_program_counts[:24] == [1] * 24
+        assert old.booted == "application"
+        assert _untouched(new)
+
+    anyio.run(_line, tmp_path, scenario)
+
+
+def test_swapped_between_steps_7_and_8(tmp_path: Path) -> None:
+    async def scenario(
+        runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
+    ) -> None:
+        runner.probe = FakeProbe(fixture)  # type: ignore[assignment]
+        original = runner.cloud.application_key
+
+        async def then_swap(*args: Any) -> bytes:
+            key = await original(*args)
+            if fixture.board is old:
+                fixture.board = new  # after step 7, before step 8
+            return key
+
+        runner.cloud.application_key = then_swap  # type: ignore[method-assign,assignment]
+        await runner.provision(old.uid_text, "debug")
+        assert _untouched(new)
+        assert old.otp_program_counts[:16] == [1] * 16  # steps 1-6 done: the bootloader key
+        assert not any(old.otp_program_counts[16:])  # the application key hash not yet
+        runner.cloud.application_key = original  # type: ignore[method-assign]
+        fixture.board = old  # put back: locked now, so the station finds it over SecureISP
+        await runner.provision(old.uid_text, "uart")
+        assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
+        assert old.otp_program_counts[:24] == [1] * 24
+        assert _untouched(new)
+
+    anyio.run(_line, tmp_path, scenario)
