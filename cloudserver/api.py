@@ -92,6 +92,10 @@ class ResultRequest(Strict):
     reason: str = Field(default="", max_length=500)
 
 
+class MaintenanceRequest(Strict):
+    seconds: Annotated[int, BeforeValidator(_whole)] = Field(ge=0, le=86_400)
+
+
 class Device(BaseModel):
     uid: str
     obj_id: str
@@ -133,6 +137,7 @@ def openapi() -> dict[str, Any]:
         ApplicationFirmware,
         JobRequest,
         ResultRequest,
+        MaintenanceRequest,
         Device,
         KeyAnswer,
         ImageAnswer,
@@ -146,7 +151,7 @@ def openapi() -> dict[str, Any]:
         "description": "refused",
         "content": {"application/problem+json": {"schema": _schema(Problem)}},
     }
-    errors = {str(code): problem for code in (400, 401, 403, 404, 409, 413, 422)}
+    errors = {str(code): problem for code in (400, 401, 403, 404, 409, 413, 422, 503)}
     uid = {
         "name": "uid",
         "in": "path",
@@ -229,6 +234,14 @@ def openapi() -> dict[str, Any]:
                     DeviceRequest,
                     ImageAnswer,
                     (job, uid),
+                )
+            },
+            "/v1/maintenance": {
+                "post": op(
+                    "answer 503 with Retry-After to provisioning for this many seconds",
+                    "admin",
+                    MaintenanceRequest,
+                    {"type": "object"},
                 )
             },
             "/v1/jobs/{job_id}/devices/{uid}/results": {

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,6 +71,12 @@ async def mutual_tls(request: web.Request, handler: Handler) -> web.StreamRespon
     try:
         if not role:
             raise Refused(403, "no role", f"certificate {subject} names neither admin nor station in its OU")
+        remaining = service.unavailable_until - time.monotonic()
+        if remaining > 0 and request.path.startswith("/v1/jobs/") and "/devices/" in request.path:
+            headers["Retry-After"] = str(math.ceil(remaining))
+            return problem(
+                Refused(503, "maintenance", f"provisioning resumes in {math.ceil(remaining)} s"), headers
+            )
         return await handler(request)
     except web.HTTPException as error:
         if error.status < 400:
@@ -208,6 +216,13 @@ async def result(request: web.Request) -> web.Response:
     )
 
 
+async def maintenance(request: web.Request) -> web.Response:
+    _require(request, "admin")
+    body = await _body(request, api.MaintenanceRequest)
+    await request.app[SERVICE].maintenance(request[SUBJECT], body.seconds)
+    return _json({"seconds": body.seconds})
+
+
 async def openapi_document(request: web.Request) -> web.Response:
     return _json(api.openapi())
 
@@ -225,5 +240,6 @@ def application(service: Service) -> web.Application:
     app.router.add_post("/v1/jobs/{job_id}/devices/{uid}/application-key", _provisioning("application_key"))
     app.router.add_post("/v1/jobs/{job_id}/devices/{uid}/application", _provisioning("application"))
     app.router.add_post("/v1/jobs/{job_id}/devices/{uid}/results", result)
+    app.router.add_post("/v1/maintenance", maintenance)
     app.router.add_get("/openapi.json", openapi_document)
     return app

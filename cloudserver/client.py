@@ -140,6 +140,10 @@ class CloudClient:
         answer: dict[str, Any] = await self._call("GET", f"/v1/jobs/{job_id}")
         return answer
 
+    async def maintenance(self, seconds: int) -> None:
+        """Admin: provisioning answers 503 (retryable) for ``seconds``."""
+        await self._call("POST", "/v1/maintenance", {"seconds": seconds}, retry=False)
+
     async def close_job(self, job_id: str) -> dict[str, Any]:
         answer: dict[str, Any] = await self._call("POST", f"/v1/jobs/{job_id}/close")
         return answer

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,8 @@ class Service:
         self.profile = profile
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._lock = anyio.Lock()
+        self.unavailable_until = 0.0
+        """Until this time.monotonic(), provisioning answers 503 (planned maintenance)."""
 
     def __repr__(self) -> str:
         return f"<Service keystore={self.keystore.name} profile={self.profile.name}>"
@@ -114,6 +117,12 @@ class Service:
                 }
                 for r in rows
             ]
+
+    async def maintenance(self, subject: str, seconds: int) -> None:
+        """Provisioning answers 503 with Retry-After for ``seconds`` (0 ends it)."""
+        async with self._sessions.begin() as session:
+            self._audit(session, subject, "maintenance", detail=f"{seconds} s")
+        self.unavailable_until = time.monotonic() + seconds
 
     # -- devices ---------------------------------------------------------------------------------
 

@@ -245,3 +245,53 @@ def test_swapped_between_steps_7_and_8(tmp_path: Path) -> None:
         assert _untouched(new)
 
     anyio.run(_line, tmp_path, scenario)
+
+
+def test_probe_unplugged_mid_flash_is_retried_and_passes(tmp_path: Path) -> None:
+    async def scenario(
+        runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
+    ) -> None:
+        probe = FakeProbe(fixture)
+        unplugged: list[bool] = []
+        flash = probe.call
+
+        async def call(operation: str, *args: Any, limit_s: float) -> Any:
+            if operation == "flash" and not unplugged:
+                address, data = args
+                await flash(
+                    "flash", address, data[: len(data) // 2], limit_s=limit_s
+                )  # half the pages, then gone
+                unplugged.append(True)
+                raise ProbeFailure("probe", "probe NULINK3 unplugged")
+            return await flash(operation, *args, limit_s=limit_s)
+
+        probe.call = call  # type: ignore[method-assign]
+        runner.probe = probe  # type: ignore[assignment]
+        await runner.provision(old.uid_text, "debug")
+        assert unplugged
+        assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
+        attempts = [
+            e["attempt"] for e in journal.steps(old.uid_text) if e["step"] == 4 and e["phase"] == "intent"
+        ]
+        assert attempts == [1, 2]
+        assert old.otp_program_counts[:24] == [1] * 24
+
+    anyio.run(_line, tmp_path, scenario)
+
+
+def test_cloud_answering_503_for_ten_seconds_is_retried_and_passes(tmp_path: Path) -> None:
+    async def scenario(
+        runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
+    ) -> None:
+        runner.probe = FakeProbe(fixture)  # type: ignore[assignment]
+        pki = Path(str(runner.line.cloud.ca)).parent
+        async with CloudClient(
+            runner.line.cloud.url, client_context(pki / "admin.crt", pki / "admin.key", pki / "ca.crt")
+        ) as admin:
+            await admin.maintenance(10)
+        started = anyio.current_time()
+        await runner.provision(old.uid_text, "debug")
+        assert anyio.current_time() - started >= 10  # it waited the outage out
+        assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
+
+    anyio.run(_line, tmp_path, scenario)
