@@ -2,7 +2,8 @@
 
 ``run`` serves until SIGTERM (or, for the demo, until ``until`` boards are finished). On SIGTERM
 stations stop taking new boards and the daemon exits once each is at a safe point (no board in the
-middle of a step) or after ``stop_timeout_s``. On SIGHUP it reloads stations.yaml: new stations
+middle of a step) or after ``stop_timeout_s``. On SIGHUP, or when the file changes, it reloads
+stations.yaml: new stations
 start, removed ones stop at a safe point, changed ones restart, untouched ones go on without a
 pause; an invalid file keeps the running configuration and logs why (file, line, field).
 """
@@ -30,6 +31,7 @@ class Line:
     def __init__(self, config: LineConfig, journal: Journal, config_path: Path | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        self._config_folder = config_path.absolute().parent if config_path is not None else None
         self.journal = journal
         cloud = config.cloud
         self.cloud = CloudClient(
@@ -43,6 +45,7 @@ class Line:
         self.stations: dict[str, tuple[Station, StationRunner, anyio.CancelScope]] = {}
         self._on_done = lambda: None
         self._stop_timeout_s = 30.0
+        self._reload_lock = anyio.Lock()
 
     def __repr__(self) -> str:
         return f"<Line {self.config.line} stations={len(self.stations)}>"
@@ -66,8 +69,8 @@ class Line:
         self.stations[station.name] = (station, runner, scope)
         log.info("station.start", station=station.name, probe=station.probe, uart=station.uart)
 
-    async def _stop_station(self, name: str) -> None:
-        _, runner, scope = self.stations.pop(name)
+    async def _stop_station(self, name: str, entry: tuple[Station, StationRunner, anyio.CancelScope]) -> None:
+        _, runner, scope = entry
         runner.stopping = True
         with anyio.move_on_after(self._stop_timeout_s):  # a safe point: between boards
             await runner.idle.wait()
@@ -82,24 +85,27 @@ class Line:
         except ConfigError as error:
             log.error("config.invalid", error=str(error), kept="the running configuration")
             return
-        wanted = {s.name: s for s in config.stations if s.enabled}
-        running = {name: station for name, (station, _, _) in self.stations.items()}
-        for name, station in running.items():
-            if name not in wanted:
-                group.start_soon(self._stop_station, name)
-            elif wanted[name] != station:
-                group.start_soon(self._restart_station, group, wanted[name])
-        # Stations and step settings reload; the cloud, the job and the keys need a restart.
-        self.config = self.config.model_copy(
-            update={"stations": config.stations, "defaults": config.defaults}
-        )
-        for name, station in wanted.items():
-            if name not in running:
-                await self._start_station(group, station)
-        log.info("config.reloaded", stations=sorted(wanted))
+        async with self._reload_lock:  # a signal and a file change may both ask at once
+            wanted = {s.name: s for s in config.stations if s.enabled}
+            running = {name: station for name, (station, _, _) in self.stations.items()}
+            # Stations and step settings reload; the cloud, the job and the keys need a restart.
+            self.config = self.config.model_copy(
+                update={"stations": config.stations, "defaults": config.defaults}
+            )
+            for name, station in running.items():
+                if name not in wanted:
+                    group.start_soon(self._stop_station, name, self.stations.pop(name))
+                elif wanted[name] != station:
+                    group.start_soon(self._restart_station, group, wanted[name], self.stations.pop(name))
+            for name, station in wanted.items():
+                if name not in running:
+                    await self._start_station(group, station)
+            log.info("config.reloaded", stations=sorted(wanted))
 
-    async def _restart_station(self, group: TaskGroup, station: Station) -> None:
-        await self._stop_station(station.name)
+    async def _restart_station(
+        self, group: TaskGroup, station: Station, entry: tuple[Station, StationRunner, anyio.CancelScope]
+    ) -> None:
+        await self._stop_station(station.name, entry)
         await self._start_station(group, station)
 
     async def run(self, *, until: int | None = None, stop_timeout_s: float = 30.0) -> None:
@@ -122,6 +128,8 @@ class Line:
                     await self._start_station(group, station)
             if until is not None:
                 group.start_soon(self._cancel_when, all_done, group.cancel_scope)
+            if self.config_path is not None:
+                group.start_soon(self._watch, group)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
@@ -135,6 +143,17 @@ class Line:
                     group.cancel_scope.cancel()
                     break
         await self.cloud.aclose()
+
+    async def _watch(self, group: TaskGroup) -> None:
+        """Reload when stations.yaml changes (editors replace files, so the folder is watched)."""
+        from watchfiles import awatch  # noqa: PLC0415
+
+        assert self.config_path is not None  # noqa: S101  # started only with a path
+        assert self._config_folder is not None  # noqa: S101
+        folder, name = self._config_folder, self.config_path.name
+        async for changes in awatch(folder, debounce=300, recursive=False):
+            if any(Path(path).name == name for _, path in changes):
+                await self.reload(group)
 
     @staticmethod
     async def _cancel_when(event: anyio.Event, scope: anyio.CancelScope) -> None:
