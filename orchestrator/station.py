@@ -341,7 +341,8 @@ class StationRunner:
             config0 = (await self.debug("read_words", p.debug_lock.config_address, 1))[0]
             if p.debug_lock.is_locked(config0):
                 return
-            await self.debug("lock_and_reset")
+            with anyio.CancelScope(shield=True):
+                await self.debug("lock_and_reset")
 
         await self.step(board, 6, lock)
 
@@ -362,9 +363,10 @@ class StationRunner:
         self.journal.event(
             board.uid, self.station.name, number, "otp-intent", outputs={"words": [a for a, _ in plan]}
         )
-        for address, word in plan:
-            await self.debug("program_words", address, [word])
-        after = await self.debug("read_otp", list(wanted))
+        with anyio.CancelScope(shield=True):  # a stop never lands between an OTP write and its read-back
+            for address, word in plan:
+                await self.debug("program_words", address, [word])
+            after = await self.debug("read_otp", list(wanted))
         if [tuple(v) for v in after] != list(wanted.values()):
             raise Quarantine(f"OTP entries {list(wanted)} did not read back as written")
         self.journal.event(board.uid, self.station.name, number, "otp-result", outcome="written")
@@ -434,8 +436,9 @@ class StationRunner:
             if not have.blank:
                 raise Quarantine(f"OTP entry {entry} holds (0x{have.low:08X}, 0x{have.high:08X})")
             self.journal.event(board.uid, self.station.name, 8, "otp-intent", outputs={"entry": entry})
-            reply = await link.exchange(rom, rom.send(m.WriteOtp(entry, low, high)))
-            back = m.OtpValue.from_payload((await link.exchange(rom, rom.send(m.ReadOtp(entry)))).payload)
+            with anyio.CancelScope(shield=True):  # never stopped between the write and its read-back
+                reply = await link.exchange(rom, rom.send(m.WriteOtp(entry, low, high)))
+                back = m.OtpValue.from_payload((await link.exchange(rom, rom.send(m.ReadOtp(entry)))).payload)
             if (back.low, back.high) != (low, high):
                 raise Quarantine(f"OTP entry {entry} did not read back after WRITE_OTP ({reply.status!r})")
             self.journal.event(
