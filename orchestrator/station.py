@@ -334,9 +334,29 @@ class StationRunner:
                 raise ProbeFailure("failed", "the bootloader did not read back")
 
         await self.step(board, 4, program)
-        await self.step(board, 5, lambda: self.debug("reset"))
+        await self._reset_and_lock(board)
+
+    async def _reset_and_lock(self, board: Board) -> None:
+        """Steps 5 and 6."""
+        p = self.profile
+        locked_by_reset = False
+
+        async def reset() -> None:
+            nonlocal locked_by_reset
+            try:
+                await self.debug("reset")
+            except ProbeFailure as failure:
+                # A run that crashed after programming CONFIG0 left the lock waiting for a reset:
+                # this reset applied it. Step 8 re-checks the UID over SecureISP before any write.
+                if failure.kind != "not_detected":
+                    raise
+                locked_by_reset = True
+
+        await self.step(board, 5, reset)
 
         async def lock() -> None:
+            if locked_by_reset:
+                return
             await self._check_uid(board)
             config0 = (await self.debug("read_words", p.debug_lock.config_address, 1))[0]
             if p.debug_lock.is_locked(config0):
