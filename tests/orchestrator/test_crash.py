@@ -5,7 +5,6 @@ each key once."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import sqlite3
@@ -13,10 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import anyio
-
-from orchestrator.demo import _create_job, _prepare, _start, _stations_yaml
 from tests.conftest import venv_tool
+from tests.orchestrator.harness import simulated_line
 
 STATIONS, BOARDS = 2, 2
 
@@ -34,34 +31,16 @@ def finished(journal: Path) -> int:
 
 def test_sigkill_at_many_points_then_resume(tmp_path: Path) -> None:
     workdir = tmp_path / "line"
-    bodies = _prepare(workdir, 12_000)
-    os.environ["BOARDSIM_PROBES"] = str((workdir / "probes").resolve())
-    processes = _start(workdir, STATIONS, BOARDS, 460_800, None)
     journal = workdir / "journal.db"
     rng = random.Random(7)
     kills = 0
-    try:
-        url, job_id = anyio.run(_create_job, workdir / "cloud", bodies, STATIONS * BOARDS)
-        simulated = json.loads((workdir / "boards" / "serve.json").read_text())
-        (workdir / "stations.yaml").write_text(
-            _stations_yaml(workdir, url, job_id, simulated, uart_timeout=0.5)
-        )
-        log = workdir / "logs" / "orchestrator.jsonl"
-        config = workdir / "stations.yaml"
-        command = [
-            venv_tool("orchestrator"),
-            "run",
-            "--config",
-            str(config),
-            "--journal",
-            str(journal),
-            "--log-file",
-            str(log),
-        ]
+    line = simulated_line(workdir, stations=STATIONS, boards=BOARDS, baud=460_800, app_size=12_000,
+                          quantity=STATIONS * BOARDS)  # fmt: skip
+    with line as simulated:
         deadline = time.monotonic() + 300
         while finished(journal) < STATIONS * BOARDS:
             assert time.monotonic() < deadline, "the line did not finish after restarts"
-            daemon = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            daemon = simulated.daemon()
             if kills < 12:
                 time.sleep(rng.uniform(1.0, 3.5))  # lands inside steps and between them
                 daemon.send_signal(signal.SIGKILL)
@@ -72,10 +51,6 @@ def test_sigkill_at_many_points_then_resume(tmp_path: Path) -> None:
                 time.sleep(0.5)
             daemon.send_signal(signal.SIGTERM)
             assert daemon.wait(timeout=60) == 0
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
     assert kills >= 1
     with sqlite3.connect(journal) as db:
         outcomes = [row[0] for row in db.execute("SELECT outcome FROM boards")]
@@ -109,9 +84,6 @@ def test_sigkill_inside_every_step_then_resume(tmp_path: Path) -> None:
     """Kill the daemon as soon as the journal shows each step's intent (inside the step), and right
     after each OTP intent (between the intent and the write's result); resume every time."""
     workdir = tmp_path / "line"
-    bodies = _prepare(workdir, 20_000)
-    os.environ["BOARDSIM_PROBES"] = str((workdir / "probes").resolve())
-    processes = _start(workdir, 1, 1, 115_200, None)
     journal = workdir / "journal.db"
     # Up to step 12: a kill inside step 13 after the board booted, once the operator has taken the
     # board away, leaves an intent nothing can settle by reading the board (see docs/orchestrator.md).
@@ -119,26 +91,12 @@ def test_sigkill_inside_every_step_then_resume(tmp_path: Path) -> None:
     targets[3:3] = [(3, "otp-intent")]
     targets[9:9] = [(8, "otp-intent")]
     hit: list[tuple[int, str]] = []
-    try:
-        url, job_id = anyio.run(_create_job, workdir / "cloud", bodies, 1)
-        simulated = json.loads((workdir / "boards" / "serve.json").read_text())
-        (workdir / "stations.yaml").write_text(
-            _stations_yaml(workdir, url, job_id, simulated, uart_timeout=0.5)
-        )
-        log = workdir / "logs" / "orchestrator.jsonl"
-        command = [
-            venv_tool("orchestrator"),
-            "run",
-            "--config",
-            str(workdir / "stations.yaml"),
-            "--journal",
-            str(journal),
-        ]
+    with simulated_line(
+        workdir, stations=1, boards=1, baud=115_200, app_size=20_000, quantity=1
+    ) as simulated:
         deadline = time.monotonic() + 400
         for target in targets:
-            daemon = subprocess.Popen(
-                [*command, "--log-file", str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
+            daemon = simulated.daemon()
             while latest(journal) != target and finished(journal) < 1 and time.monotonic() < deadline:
                 time.sleep(0.005)
             daemon.send_signal(signal.SIGKILL)
@@ -147,17 +105,11 @@ def test_sigkill_inside_every_step_then_resume(tmp_path: Path) -> None:
                 hit.append(target)
             if finished(journal):
                 break
-        daemon = subprocess.Popen(
-            [*command, "--log-file", str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        daemon = simulated.daemon()
         while finished(journal) < 1 and time.monotonic() < deadline:
             time.sleep(0.2)
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
     assert len(hit) >= 9, hit  # the kill landed right after most intents (fast cloud steps may finish first)
     assert (3, "otp-intent") in hit
     assert (8, "otp-intent") in hit

@@ -4,18 +4,14 @@ point, untouched ones go on; an invalid edit is refused with file, line and fiel
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
-import anyio
 import yaml
 
-from orchestrator.demo import _create_job, _prepare, _start, _stations_yaml
-from tests.conftest import venv_tool
+from tests.orchestrator.harness import simulated_line
 
 
 def passed(journal: Path, station: str) -> int:
@@ -35,15 +31,10 @@ def wait(condition: object, limit: float = 120) -> None:
 
 def test_sighup_adds_and_removes_stations_and_refuses_a_bad_file(tmp_path: Path) -> None:
     workdir = tmp_path / "line"
-    bodies = _prepare(workdir, 4000)
-    os.environ["BOARDSIM_PROBES"] = str((workdir / "probes").resolve())
-    processes = _start(workdir, 3, 4, 921_600, None)
     journal, log = workdir / "journal.db", workdir / "logs" / "orchestrator.jsonl"
     config = workdir / "stations.yaml"
-    try:
-        url, job_id = anyio.run(_create_job, workdir / "cloud", bodies, 12)
-        simulated = json.loads((workdir / "boards" / "serve.json").read_text())
-        full = yaml.safe_load(_stations_yaml(workdir, url, job_id, simulated, uart_timeout=0.5))
+    with simulated_line(workdir, stations=3, boards=4, baud=921_600, app_size=4000, quantity=12) as simulated:
+        full = yaml.safe_load(simulated.stations_yaml)
         by_name = {s["name"]: s for s in full["stations"]}
 
         def write(names: list[str]) -> None:
@@ -52,10 +43,7 @@ def test_sighup_adds_and_removes_stations_and_refuses_a_bad_file(tmp_path: Path)
             )
 
         write(["station-01", "station-02"])
-        command = [venv_tool("orchestrator"), "run", "--config", str(config), "--journal", str(journal)]
-        daemon = subprocess.Popen(
-            [*command, "--log-file", str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        daemon = simulated.daemon()
         wait(lambda: passed(journal, "station-01") >= 1 and passed(journal, "station-02") >= 1)
         write(["station-01", "station-03"])
         daemon.send_signal(signal.SIGHUP)
@@ -72,10 +60,6 @@ def test_sighup_adds_and_removes_stations_and_refuses_a_bad_file(tmp_path: Path)
         wait(lambda: passed(journal, "station-02") >= 2)
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
     events = [json.loads(line) for line in log.read_text().splitlines()]
     starts = [e["station"] for e in events if e["event"] == "station.start"]
     stops = [e["station"] for e in events if e["event"] == "station.stop"]

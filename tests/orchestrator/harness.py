@@ -1,0 +1,68 @@
+"""A simulated line for daemon tests: cloudserver and boardsim in their own processes, a job,
+and a stations.yaml; ``orchestrator run`` is started by the test, as many times as it likes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from orchestrator.demo import _create_job, _prepare, _start, _stations_yaml
+from tests.conftest import venv_tool
+
+
+@dataclass
+class SimulatedLine:
+    workdir: Path
+    stations_yaml: str
+
+    @property
+    def config(self) -> Path:
+        return self.workdir / "stations.yaml"
+
+    @property
+    def journal(self) -> Path:
+        return self.workdir / "journal.db"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "logs" / "orchestrator.jsonl"
+
+    def daemon(self) -> subprocess.Popen[bytes]:
+        command = [
+            venv_tool("orchestrator"),
+            "run",
+            "--config",
+            str(self.config),
+            "--journal",
+            str(self.journal),
+        ]
+        return subprocess.Popen(
+            [*command, "--log-file", str(self.log)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+
+@contextmanager
+def simulated_line(
+    workdir: Path, *, stations: int, boards: int, baud: int, app_size: int, quantity: int
+) -> Iterator[SimulatedLine]:
+    bodies = _prepare(workdir, app_size)
+    os.environ["BOARDSIM_PROBES"] = str((workdir / "probes").resolve())
+    processes = _start(workdir, stations, boards, baud, None)
+    try:
+        url, job_id = anyio.run(_create_job, workdir / "cloud", bodies, quantity)
+        simulated = json.loads((workdir / "boards" / "serve.json").read_text())
+        text = _stations_yaml(workdir, url, job_id, simulated, uart_timeout=0.5)
+        (workdir / "stations.yaml").write_text(text)
+        yield SimulatedLine(workdir, text)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
