@@ -69,7 +69,11 @@ def serve_command(args: argparse.Namespace) -> int:
         write_stations=args.write_stations,
         faults=faults,
         timing=not args.no_timing,
-        operator=OperatorSettings(handling_delay_s=args.handling_delay, idle_removal_s=args.idle_removal),
+        operator=OperatorSettings(
+            handling_delay_s=args.handling_delay,
+            idle_removal_s=args.idle_removal,
+            acknowledge_from=args.acknowledge_from,
+        ),
     )
     anyio.run(serve, settings)
     return 0
@@ -106,6 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--handling-delay", type=float, default=0.5, help="seconds between removal and insertion"
     )
     cmd.add_argument("--idle-removal", type=float, default=60.0, help="remove a board after this idle time")
+    cmd.add_argument(
+        "--acknowledge-from",
+        type=Path,
+        help="a daemon's api.json: remove a board only once the daemon's station shows its result",
+    )
     cmd.set_defaults(handler=serve_command)
     cmd = commands.add_parser("ctl", help="send a control command (JSON) to a running serve")
     cmd.add_argument("--state-dir", type=Path, required=True)

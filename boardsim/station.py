@@ -2,13 +2,16 @@
 
 The fixture holds at most one board. The operator takes the next board from the station's queue,
 inserts it (power-on reset), and removes it once it has booted its application, or after it has seen
-no traffic for ``idle_removal_s``; the next one goes in after ``handling_delay_s``. Boards can also be
+no traffic for ``idle_removal_s``; the next one goes in after ``handling_delay_s``. With
+``acknowledge_from`` (the api.json a running daemon writes) the operator waits, as a person on the
+line would, until the daemon's station shows a result for that board, then removes it. Boards can also be
 inserted and removed on command. With no board in the fixture the probe gets No-ACK and the UART
 stays silent, as with an empty socket on a real line.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections import deque
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import anyio
+import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from boardsim.board import Board, Timing
@@ -40,6 +44,7 @@ class OperatorSettings:
     handling_delay_s: float = 0.5
     removal_delay_s: float = 0.2
     idle_removal_s: float = 60.0
+    acknowledge_from: Path | None = None
 
 
 @dataclass
@@ -178,10 +183,24 @@ class Station:
             seen = (self.probe_server.packets, self.uart.stats.bytes_in)
             if seen != self._seen:
                 self._seen, self._last_traffic = seen, now
-            if self.board.booted == "application":
+            if self.operator.acknowledge_from is not None:
+                done = await self._acknowledged(self.operator.acknowledge_from, self.board.uid_text)
+            else:
+                done = self.board.booted == "application"
+            if done:
                 await anyio.sleep(self.operator.removal_delay_s)
                 self.remove()
             elif now - self._last_traffic > self.operator.idle_removal_s:
                 self.remove()
             else:
-                await anyio.sleep(0.05)
+                await anyio.sleep(0.1)
+
+    async def _acknowledged(self, address: Path, uid: str) -> bool:
+        """Whether the daemon's station shows a result (pass, fail, quarantine) for this board."""
+        try:
+            url = json.loads(await anyio.Path(address).read_text())["url"]
+            async with httpx.AsyncClient(timeout=2) as client:
+                status = (await client.get(f"{url}/api/v1/stations/{self.name}")).json()
+        except (OSError, ValueError, KeyError, httpx.HTTPError):
+            return False  # no daemon running: keep the board until one says so
+        return bool(status.get("uid") == uid and status.get("state") in ("pass", "fail", "quarantine"))

@@ -17,6 +17,8 @@ import base64
 import hashlib
 import random
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,8 +71,11 @@ class CloudClient:
         attempts: int = 4,
         backoff: float = 0.2,
         timeout: httpx.Timeout = TIMEOUT,
+        observe: Callable[[str, str, float, int], None] | None = None,
     ) -> None:
+        """``observe(method, path, seconds, status)`` is called after every request (status 0: no answer)."""
         self._http = httpx.AsyncClient(base_url=url, verify=context, timeout=timeout)
+        self._observe = observe or (lambda *_: None)
         self._attempts = attempts
         self._backoff = backoff
 
@@ -91,11 +96,14 @@ class CloudClient:
     ) -> Any:
         attempts = self._attempts if retry else 1
         for attempt in range(attempts):
+            started = time.monotonic()
             try:
                 response = await self._http.request(method, path, json=body)
             except httpx.HTTPError as error:
+                self._observe(method, path, time.monotonic() - started, 0)
                 failure: CloudError = CloudUnavailable(f"{method} {path}: {type(error).__name__}: {error}")
             else:
+                self._observe(method, path, time.monotonic() - started, response.status_code)
                 if response.status_code < 400:
                     return response.json()
                 failure = _refusal(response)

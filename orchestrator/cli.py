@@ -80,6 +80,118 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_url(args: argparse.Namespace) -> str | None:
+    """The daemon's API: --url, else api.listen from --config (api.json beside the journal for port 0)."""
+    if args.url:
+        return str(args.url).rstrip("/")
+    config = _config(args.config)
+    if config is None:
+        return None
+    host, port = config.api.listen.rsplit(":", 1)
+    if port != "0":
+        return f"http://{host}:{port}"
+    address = args.journal.parent / "api.json"
+    try:
+        return str(json.loads(address.read_text())["url"])
+    except (OSError, ValueError, KeyError):
+        print(f"orchestrator: error: {address}: no running daemon recorded its address", file=sys.stderr)
+        return None
+
+
+def _get(url: str, path: str) -> Any:
+    import httpx  # noqa: PLC0415
+
+    try:
+        response = httpx.get(url + path, timeout=10)
+    except httpx.HTTPError as error:
+        print(f"orchestrator: error: {url}: {error}", file=sys.stderr)
+        return None
+    return response.json()
+
+
+def status_command(args: argparse.Namespace) -> int:
+    url = _api_url(args)
+    snapshot = _get(url, "/api/v1/status") if url else None
+    if snapshot is None:
+        return 2
+    if args.json:
+        print(json.dumps(snapshot, indent=1))
+        return 0
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    t = snapshot["totals"]
+    shown = f"{100 * t['yield']:.1f}%" if t["yield"] is not None else "-"
+    table = Table(
+        title=f"{snapshot['line']} job {snapshot['job_id']}: PASS {t['pass']}  FAIL {t['fail']}  "
+        f"QUARANTINE {t['quarantine']}  yield {shown}  {t['boards_per_hour']} boards/h"
+    )
+    for column in ("station", "state", "board", "step", "try", "progress", "pass", "fail", "last error"):
+        table.add_column(column)
+    for s in snapshot["stations"]:
+        step = f"{s['step']} {s['step_name']}" if s["step"] else "-"
+        failed = s["counts"]["FAIL"] + s["counts"]["QUARANTINE"]
+        progress = f"{100 * s['progress']:.0f}%"
+        table.add_row(
+            s["name"], s["state"], s["uid"] or "-", step, str(s["attempt"] or "-"), progress,
+            str(s["counts"]["PASS"]), str(failed), s["last_error"][:50],
+        )  # fmt: skip
+    Console().print(table)
+    return 0
+
+
+def station_command(args: argparse.Namespace) -> int:
+    import httpx  # noqa: PLC0415
+
+    from orchestrator.api import read_token  # noqa: PLC0415
+
+    config = _config(args.config)
+    url = _api_url(args)
+    if config is None or url is None:
+        return 2
+    token = read_token(config.api.token_file)
+    if token is None:
+        print(f"orchestrator: error: {args.config}: api.token_file is not set", file=sys.stderr)
+        return 2
+    body = {"uid": args.uid, "reason": args.reason}
+    try:
+        response = httpx.post(
+            f"{url}/api/v1/stations/{args.station}/{args.action}",
+            json={key: value for key, value in body.items() if value},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+    except httpx.HTTPError as error:
+        print(f"orchestrator: error: {url}: {error}", file=sys.stderr)
+        return 2
+    answer = response.json()
+    if response.is_error:
+        print(f"orchestrator: {args.action} {args.station}: {answer.get('detail')}", file=sys.stderr)
+        return 1
+    print(f"{args.station}: {answer['state']}{' (paused)' if answer['paused'] else ''}")
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from orchestrator.journal import Journal  # noqa: PLC0415
+    from orchestrator.report import report, to_csv  # noqa: PLC0415
+
+    if not args.journal.exists():
+        print(f"orchestrator: error: {args.journal}: no such journal", file=sys.stderr)
+        return 2
+    journal = Journal(args.journal)
+    try:
+        result = report(journal, args.job)
+    finally:
+        journal.close()
+    text = to_csv(result) if args.format == "csv" else json.dumps(result, indent=1) + "\n"
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def demo_command(args: argparse.Namespace) -> int:
     from orchestrator.demo import demo  # noqa: PLC0415
 
@@ -91,6 +203,8 @@ def demo_command(args: argparse.Namespace) -> int:
         app_size=args.app_size,
         faults=args.faults,
         quantity=args.quantity,
+        api_port=args.api_port,
+        hold=args.hold,
     )
 
 
@@ -116,7 +230,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--app-size", type=int, default=16 * 1024)
     cmd.add_argument("--faults", type=Path, help="boardsim faults file (YAML): station name -> faults")
     cmd.add_argument("--quantity", type=int, help="the job's quota (default: stations x boards)")
+    cmd.add_argument(
+        "--api-port", type=int, default=8470, help="dashboard and API port on 127.0.0.1 (0: any)"
+    )
+    cmd.add_argument("--hold", action="store_true", help="keep the dashboard up after the run until Ctrl-C")
     cmd.set_defaults(handler=demo_command)
+    for name, text in (
+        ("status", "the running line's stations and totals"),
+        ("station", "pause, resume, retry or release on a station (needs api.token_file)"),
+    ):
+        cmd = commands.add_parser(name, help=text)
+        if name == "station":
+            cmd.add_argument("action", choices=("pause", "resume", "retry", "release"))
+            cmd.add_argument("station", help="the station's name")
+            cmd.add_argument("--uid", help="the board (default: the station's current board)")
+            cmd.add_argument("--reason", help="why (required for release; goes to the journal and the log)")
+        else:
+            cmd.add_argument("--json", action="store_true", help="the API's JSON, as it is")
+        cmd.add_argument("--config", type=Path, default=Path("stations.yaml"))
+        cmd.add_argument("--journal", type=Path, default=Path("journal.db"), help="for a daemon on port 0")
+        cmd.add_argument("--url", help="the daemon's API, e.g. http://127.0.0.1:8470 (instead of --config)")
+        cmd.set_defaults(handler=status_command if name == "status" else station_command)
+    cmd = commands.add_parser("report", help="per-board report of a job from the journal (CSV or JSON)")
+    cmd.add_argument("--job", help="the job id (default: every job in the journal)")
+    cmd.add_argument("--journal", type=Path, default=Path("journal.db"))
+    cmd.add_argument("--format", choices=("csv", "json"), default="csv")
+    cmd.add_argument("--output", type=Path, help="a file (default: standard output)")
+    cmd.set_defaults(handler=report_command)
     cmd = commands.add_parser("image-info", help="parse an MCUboot image, and verify it with --key")
     cmd.add_argument("image", type=Path)
     cmd.add_argument("--key", type=Path, help="PEM public or private key to verify with")

@@ -70,6 +70,20 @@ class Station(_Strict):
     enabled: bool = True
 
 
+class Api(_Strict):
+    listen: str = Field(
+        default="127.0.0.1:8470",
+        pattern=r"^[0-9A-Za-z.:\[\]-]+:[0-9]{1,5}$",
+        description="host:port of the status API and dashboard; port 0 picks a free one",
+    )
+    token_file: Path | None = Field(
+        default=None, description="file holding the bearer token for control actions; none: read-only"
+    )
+    stall_s: float = Field(
+        default=300, gt=0, le=3600, description="a station whose status stands still this long is stuck"
+    )
+
+
 class LineConfig(_Strict):
     line: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,60}$")
     target_profile: str = "M2354"
@@ -77,6 +91,7 @@ class LineConfig(_Strict):
     job_id: str
     secureisp: SecureIsp
     defaults: Defaults = Defaults()
+    api: Api = Api()
     stations: list[Station]
 
     @field_validator("stations")
@@ -137,6 +152,8 @@ def load(path: Path) -> LineConfig:
         value = getattr(config.cloud, attribute)
         if not value.is_absolute():
             setattr(config.cloud, attribute, base / value)
+    if config.api.token_file is not None and not config.api.token_file.is_absolute():
+        config.api.token_file = base / config.api.token_file
     if not config.secureisp.station_key.is_absolute():
         config.secureisp.station_key = base / config.secureisp.station_key
     return config

@@ -1,4 +1,5 @@
-"""The line daemon: one root task group, one task per station, started with a ready signal.
+"""The line daemon: one root task group, one task per station, started with a ready signal, the
+local API and dashboard (orchestrator/api.py) and the systemd watchdog (orchestrator/systemd.py).
 
 ``run`` serves until SIGTERM (or, for the demo, until ``until`` boards are finished). On SIGTERM
 stations stop taking new boards and the daemon exits once each is at a safe point (no board in the
@@ -11,7 +12,11 @@ pause; an invalid file keeps the running configuration and logs why (file, line,
 from __future__ import annotations
 
 import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
@@ -20,9 +25,14 @@ from anyio.abc import TaskGroup, TaskStatus
 from cloudserver.client import CloudClient, client_context
 from nuwire.pem import load_private_key
 from nuwire.profiles import profile
+from orchestrator import systemd
+from orchestrator.api import Api, read_token, write_address
 from orchestrator.config import ConfigError, LineConfig, Station, load
-from orchestrator.journal import Journal
+from orchestrator.journal import Board, Journal
+from orchestrator.metrics import Metrics
+from orchestrator.report import totals
 from orchestrator.station import StationRunner
+from orchestrator.steps import BY_NUMBER
 
 log = structlog.get_logger("orchestrator")
 
@@ -33,19 +43,28 @@ class Line:
         self.config_path = config_path
         self._config_folder = config_path.absolute().parent if config_path is not None else None
         self.journal = journal
+        self.metrics = Metrics()
+        self.metrics.info.labels(config.line, config.job_id).set(1)
+        self.metrics.watch(lambda: self.runners)
         cloud = config.cloud
         self.cloud = CloudClient(
             cloud.url,
             client_context(cloud.client_certificate, cloud.client_key, cloud.ca),
             attempts=config.defaults.cloud.retry.attempts,
             backoff=config.defaults.cloud.retry.backoff_s,
+            observe=self.metrics.cloud_request,
         )
         self._key = load_private_key(config.secureisp.station_key)
         self._profile = profile(config.target_profile)
         self.stations: dict[str, tuple[Station, StationRunner, anyio.CancelScope]] = {}
-        self._on_done = lambda: None
+        self._on_done: Any = lambda: None
         self._stop_timeout_s = 30.0
         self._reload_lock = anyio.Lock()
+        self.board_events: list[dict[str, Any]] = []
+        self.api: Api | None = None
+        self.serving = anyio.Event()  # set once the API listens
+        self._snapshot: tuple[float, dict[str, Any]] = (0.0, {})
+        self._progress: dict[str, tuple[tuple[Any, ...], float]] = {}
 
     def __repr__(self) -> str:
         return f"<Line {self.config.line} stations={len(self.stations)}>"
@@ -56,9 +75,15 @@ class Line:
 
     async def _start_station(self, group: TaskGroup, station: Station) -> None:
         runner = StationRunner(
-            self.config, station, self._profile, journal=self.journal, cloud=self.cloud, station_key=self._key
+            self.config,
+            station,
+            self._profile,
+            journal=self.journal,
+            cloud=self.cloud,
+            station_key=self._key,
+            metrics=self.metrics,
         )
-        runner.on_done = self._on_done
+        runner.on_done = self._board_done
         scope = anyio.CancelScope()
 
         async def guarded(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -86,6 +111,9 @@ class Line:
             log.error("config.invalid", error=str(error), kept="the running configuration")
             return
         async with self._reload_lock:  # a signal and a file change may both ask at once
+            systemd.notify(
+                "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+            )
             wanted = {s.name: s for s in config.stations if s.enabled}
             running = {name: station for name, (station, _, _) in self.stations.items()}
             # Stations and step settings reload; the cloud, the job and the keys need a restart.
@@ -101,6 +129,7 @@ class Line:
                 if name not in running:
                     await self._start_station(group, station)
             log.info("config.reloaded", stations=sorted(wanted))
+            systemd.notify("READY=1", f"STATUS={self._status_line()}")
 
     async def _restart_station(
         self, group: TaskGroup, station: Station, entry: tuple[Station, StationRunner, anyio.CancelScope]
@@ -108,7 +137,16 @@ class Line:
         await self._stop_station(station.name, entry)
         await self._start_station(group, station)
 
-    async def run(self, *, until: int | None = None, stop_timeout_s: float = 30.0) -> None:
+    async def run(
+        self,
+        *,
+        until: int | None = None,
+        stop_timeout_s: float = 30.0,
+        when_done: Callable[[], None] | None = None,
+        hold: bool = False,
+    ) -> None:
+        """Serve until SIGTERM, or until ``until`` boards are finished: then ``when_done()`` runs and,
+        unless ``hold``, the daemon stops (with ``hold`` the API stays up until SIGTERM or Ctrl-C)."""
         self._stop_timeout_s = stop_timeout_s
         all_done = anyio.Event()
         finished = len(self.journal.finished())
@@ -122,12 +160,38 @@ class Line:
         self._on_done = board_done
         if until is not None and finished >= until:
             return
+        try:
+            await self._serve(until, all_done, when_done or (lambda: None), hold)
+        finally:
+            systemd.notify("STOPPING=1")
+            with anyio.CancelScope(shield=True):
+                if self.api is not None:
+                    await self.api.stop()
+                    self._address_file.unlink(missing_ok=True)
+                await self.cloud.aclose()
+
+    @property
+    def _address_file(self) -> Path:
+        return self.journal.path.parent / "api.json"
+
+    async def _serve(
+        self, until: int | None, all_done: anyio.Event, when_done: Callable[[], None], hold: bool
+    ) -> None:
+        stop_timeout_s = self._stop_timeout_s
+        token = read_token(self.config.api.token_file)
+        self.api = Api(self, token)
+        write_address(self._address_file, await self.api.start(self.config.api.listen))
+        self.serving.set()
         async with anyio.create_task_group() as group:
             for station in self.config.stations:
                 if station.enabled:
                     await self._start_station(group, station)
+            systemd.notify("READY=1", f"STATUS={self._status_line()}")
+            period = systemd.watchdog_period()
+            if period is not None:
+                group.start_soon(self._watchdog, period)
             if until is not None:
-                group.start_soon(self._cancel_when, all_done, group.cancel_scope)
+                group.start_soon(self._cancel_when, all_done, when_done, None if hold else group.cancel_scope)
             if self.config_path is not None:
                 group.start_soon(self._watch, group)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -142,7 +206,6 @@ class Line:
                             await runner.idle.wait()
                     group.cancel_scope.cancel()
                     break
-        await self.cloud.aclose()
 
     async def _watch(self, group: TaskGroup) -> None:
         """Reload when stations.yaml changes (editors replace files, so the folder is watched)."""
@@ -155,10 +218,102 @@ class Line:
             if any(Path(path).name == name for _, path in changes):
                 await self.reload(group)
 
+    # -- status, actions, watchdog -------------------------------------------------------------------
+
+    def _board_done(self, board: Board) -> None:
+        self.board_events.append(
+            {"uid": board.uid, "station": board.station, "outcome": board.outcome,
+             "failed_step": board.failed_step, "reason": board.reason, "time": board.finished}
+        )  # fmt: skip
+        self._snapshot = (0.0, {})
+        self._on_done()
+
+    def station_status(self, name: str) -> dict[str, Any]:
+        station, runner, _ = self.stations[name]
+        status = asdict(runner.status)
+        step = BY_NUMBER.get(status["step"] or 0)
+        return {
+            "name": name, "probe": station.probe, "uart": station.uart, "paused": runner.paused,
+            **status, "step_name": step.name if step else None, "progress": round(runner.status.progress, 3),
+        }  # fmt: skip
+
+    def snapshot(self) -> dict[str, Any]:
+        """The line as the API, the dashboard and ``orchestrator status`` show it (cached for 0.2 s:
+        every open dashboard asks four times a second)."""
+        now = time.monotonic()
+        if now - self._snapshot[0] > 0.2:
+            self._snapshot = (
+                now,
+                {
+                    "line": self.config.line,
+                    "job_id": self.config.job_id,
+                    "time": time.time(),
+                    "stations": [self.station_status(name) for name in sorted(self.stations)],
+                    "totals": totals(self.journal.finished(self.config.job_id)),
+                },
+            )
+        return self._snapshot[1]
+
+    def act(self, name: str, action: str, *, uid: str | None = None, reason: str = "") -> dict[str, Any]:
+        """A supervisor's action on a station; LookupError when there is nothing to act on."""
+        runner = self.stations[name][1]
+        if action == "pause":
+            runner.pause()
+        elif action == "resume":
+            runner.resume()
+        else:
+            wanted = "FAIL" if action == "retry" else "QUARANTINE"
+            if action == "release" and not reason.strip():
+                raise LookupError("release needs a reason: it goes to the journal and the log")
+            uid = uid or runner.status.uid
+            board = self.journal.board(uid) if uid else None
+            if board is None or board.outcome != wanted:
+                raise LookupError(
+                    f"station {name} has no {wanted} board {uid or ''} to {action}".replace("  ", " ")
+                )
+            self.journal.reopen(board.uid, name, action, reason or "retry requested")
+            runner.status.counts[wanted] -= 1
+            log.warning(f"board.{action}", station=name, uid=board.uid, reason=reason or "retry requested",
+                        previous_outcome=wanted, previous_reason=board.reason)  # fmt: skip
+        self._snapshot = (0.0, {})
+        return self.station_status(name)
+
+    def _status_line(self) -> str:
+        done = self.journal.finished(self.config.job_id)
+        passed = sum(board.outcome == "PASS" for board in done)
+        return f"{len(self.stations)} stations, {passed}/{len(done)} boards passed"
+
+    def progressing(self) -> bool:
+        """False when a station busy with a board has shown no change for ``api.stall_s``."""
+        now, stall = time.monotonic(), self.config.api.stall_s
+        for name, (_, runner, _) in self.stations.items():
+            s = runner.status
+            seen = (s.state, s.uid, s.step, s.attempt, round(s.progress, 3))
+            previous = self._progress.get(name)
+            if previous is None or previous[0] != seen:
+                self._progress[name] = (seen, now)
+            elif s.state in ("provisioning",) and now - previous[1] > stall:
+                log.error(
+                    "station.stuck", station=name, uid=s.uid, step=s.step, stalled_s=round(now - previous[1])
+                )
+                return False
+        return True
+
+    async def _watchdog(self, period: float) -> None:
+        """WATCHDOG=1 from the event loop, after the progress check, every half period."""
+        while True:
+            if self.progressing():
+                systemd.notify("WATCHDOG=1", f"STATUS={self._status_line()}")
+            await anyio.sleep(period / 2)
+
     @staticmethod
-    async def _cancel_when(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    async def _cancel_when(
+        event: anyio.Event, when_done: Callable[[], None], scope: anyio.CancelScope | None
+    ) -> None:
         await event.wait()
-        scope.cancel()
+        when_done()
+        if scope is not None:
+            scope.cancel()
 
 
 async def run(

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from orchestrator import logs
 from orchestrator.config import load
 from orchestrator.daemon import Line
 from orchestrator.journal import Journal
+from orchestrator.report import report
 
 console = Console()
 
@@ -50,8 +53,11 @@ def _wait_for(path: Path, process: subprocess.Popen[bytes], what: str, timeout: 
 
 
 def _stations_yaml(
-    workdir: Path, url: str, job_id: str, simulated: dict[str, Any], uart_timeout: float
+    workdir: Path, url: str, job_id: str, simulated: dict[str, Any], *, uart_timeout: float, api_port: int = 0
 ) -> str:
+    token = workdir / "api-token"
+    token.write_text(secrets.token_urlsafe(24) + "\n")
+    token.chmod(0o600)
     pki = "cloud/pki"
     config = {
         "line": "demo-line",
@@ -65,6 +71,7 @@ def _stations_yaml(
         "job_id": job_id,
         "secureisp": {**simulated["secureisp"], "station_key": "station-isp-key.pem"},
         "defaults": {"uart": {"timeout_s": uart_timeout, "retry": {"attempts": 6, "backoff_s": 0.1}}},
+        "api": {"listen": f"127.0.0.1:{api_port}", "token_file": "api-token"},
         "stations": simulated["stations"],
     }
     return "# Written by orchestrator demo: the simulated line.\n" + yaml.safe_dump(config, sort_keys=False)
@@ -89,41 +96,6 @@ def _view(line: Line, total: int) -> Table:
             s.last_error[:40],
         )
     return table
-
-
-def report(journal: Journal, wall_s: float) -> dict[str, Any]:
-    boards = []
-    for board in sorted(journal.finished(), key=lambda b: (b.station or "", b.started or 0)):
-        steps: dict[str, dict[str, Any]] = {}
-        starts: dict[int, float] = {}
-        for event in journal.steps(board.uid):
-            entry = steps.setdefault(str(event["step"]), {"attempts": 0, "duration_s": 0.0, "outcome": ""})
-            if event["phase"] == "intent":
-                entry["attempts"] += 1
-                starts[event["step"]] = event["time"]
-            elif event["phase"] == "result":
-                entry["duration_s"] = round(
-                    entry["duration_s"] + event["time"] - starts.get(event["step"], event["time"]), 3
-                )
-                entry["outcome"] = event["outcome"]
-        boards.append(
-            {
-                "uid": board.uid,
-                "station": board.station,
-                "outcome": board.outcome,
-                "failed_step": board.failed_step,
-                "reason": board.reason,
-                "duration_s": round((board.finished or 0) - (board.started or 0), 3),
-                "steps": steps,
-            }
-        )
-    totals = {
-        "pass": sum(b["outcome"] == "PASS" for b in boards),
-        "fail": sum(b["outcome"] == "FAIL" for b in boards),
-        "quarantine": sum(b["outcome"] == "QUARANTINE" for b in boards),
-        "wall_s": round(wall_s, 2),
-    }
-    return {"boards": boards, "totals": totals}
 
 
 def _prepare(workdir: Path, app_size: int) -> dict[str, bytes]:
@@ -151,7 +123,7 @@ def _start(
     simulator = [
         _tool("boardsim"), "serve", "--stations", str(stations), "--state-dir", str(boards_dir),
         "--boards-per-station", str(boards), "--baud", str(baud),
-        "--handling-delay", "0.2", "--idle-removal", "120",
+        "--handling-delay", "0.2", "--idle-removal", "120", "--acknowledge-from", str(workdir / "api.json"),
         *(["--faults", str(faults)] if faults is not None else []),
     ]  # fmt: skip
     with (
@@ -185,7 +157,7 @@ async def _create_job(cloud_dir: Path, bodies: dict[str, bytes], quantity: int) 
     return url, str(job["id"])
 
 
-async def _run_with_view(line: Line, total: int) -> None:
+async def _run_with_view(line: Line, total: int, when_done: Callable[[], None], hold: bool) -> None:
     async with anyio.create_task_group() as group:
         with Live(_view(line, total), console=console, refresh_per_second=4) as live:
 
@@ -194,8 +166,14 @@ async def _run_with_view(line: Line, total: int) -> None:
                     live.update(_view(line, total))
                     await anyio.sleep(0.25)
 
+            async def announce() -> None:
+                await line.serving.wait()
+                url = line.api.url if line.api else ""
+                console.print(f"dashboard: {url}/  (control token: {line.config.api.token_file})")
+
             group.start_soon(refresh)
-            await line.run(until=total)
+            group.start_soon(announce)
+            await line.run(until=total, when_done=when_done, hold=hold)
             live.update(_view(line, total))
             group.cancel_scope.cancel()
 
@@ -227,6 +205,8 @@ def demo(
     app_size: int,
     faults: Path | None = None,
     quantity: int | None = None,
+    api_port: int = 0,
+    hold: bool = False,
 ) -> int:
     started = time.monotonic()
     bodies = _prepare(workdir, app_size)
@@ -237,15 +217,23 @@ def demo(
         url, job_id = anyio.run(_create_job, workdir / "cloud", bodies, quantity or total)
         simulated = json.loads((workdir / "boards" / "serve.json").read_text())
         (workdir / "stations.yaml").write_text(
-            _stations_yaml(workdir, url, job_id, simulated, uart_timeout=0.5)
+            _stations_yaml(workdir, url, job_id, simulated, uart_timeout=0.5, api_port=api_port)
         )
         config = load(workdir / "stations.yaml")
         logs.configure(workdir / "logs" / "orchestrator.jsonl", stdout=False)
         journal = Journal(workdir / "journal.db")
-        anyio.run(_run_with_view, Line(config, journal), total)
-        result = report(journal, time.monotonic() - started)
+        result: dict[str, Any] = {}
+
+        def write_report() -> None:
+            result.update(report(journal, config.job_id, wall_s=time.monotonic() - started))
+            (workdir / "report.json").write_text(json.dumps(result, indent=1))
+            if hold:
+                console.print(f"report: {workdir / 'report.json'}; the dashboard stays up until Ctrl-C")
+
+        anyio.run(_run_with_view, Line(config, journal), total, write_report, hold)
         journal.close()
-        (workdir / "report.json").write_text(json.dumps(result, indent=1))
+        if not result:  # stopped before every board was done
+            write_report()
     finally:
         for process in processes:
             if process.poll() is None:

@@ -51,7 +51,8 @@ class Journal:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # A stalled disk blocks the event loop here; past the watchdog, systemd restarts the daemon.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
@@ -105,12 +106,37 @@ class Journal:
             pending[step] = phase == "intent"
         return [step for step, open_ in pending.items() if open_]
 
-    def finished(self) -> list[Board]:
+    def finished(self, job_id: str | None = None) -> list[Board]:
+        """Boards with a final outcome, of one job or of all."""
+        query = "SELECT * FROM boards WHERE outcome IN ('PASS','FAIL','QUARANTINE')"
+        with self._lock:
+            if job_id is None:
+                rows = self._db.execute(query).fetchall()
+            else:
+                rows = self._db.execute(f"{query} AND job_id = ?", (job_id,)).fetchall()
+        return [Board(*row) for row in rows]
+
+    def unfinished(self, station: str) -> list[Board]:
+        """Boards this station started and never finished (a crash, a stop, a swap)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM boards WHERE outcome IN ('PASS','FAIL','QUARANTINE')"
+                "SELECT * FROM boards WHERE station = ? AND outcome IS NULL", (station,)
             ).fetchall()
         return [Board(*row) for row in rows]
+
+    def reopen(self, uid: str, station: str, action: str, reason: str) -> Board:
+        """A person's decision on a finished board (retry a FAIL, release a QUARANTINE): the board
+        goes back to the line, and the decision with its reason stays in the journal."""
+        board = self.board(uid)
+        if board is None:
+            raise KeyError(uid)
+        previous = {"outcome": board.outcome, "failed_step": board.failed_step, "reason": board.reason}
+        board.outcome = board.failed_step = board.reason = board.finished = None
+        self.save(board)
+        self.event(
+            uid, station, 0, "operator", outcome=action, outputs={"reason": reason, "previous": previous}
+        )
+        return board
 
     def steps(self, uid: str) -> list[dict[str, Any]]:
         with self._lock:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import tempfile
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -98,6 +99,25 @@ class _Target:
         self.t.reset_and_halt()
 
 
+def _pulse_reset(unique_id: str, options: dict[str, Any]) -> None:  # pragma: no cover - in the worker
+    """Pulse nRESET through the probe alone: no debug connection, so a locked target is fine."""
+    import time  # noqa: PLC0415
+
+    from pyocd.core.helpers import ConnectHelper  # noqa: PLC0415
+
+    session = ConnectHelper.session_with_chosen_probe(unique_id=unique_id, blocking=False, options=options)
+    if session is None:
+        raise ProbeFailure("probe", f"no probe {unique_id}")
+    probe = session.probe
+    probe.open()  # the probe only: session.open() would connect to the (locked) target
+    try:
+        probe.assert_reset(True)
+        time.sleep(0.02)
+        probe.assert_reset(False)
+    finally:
+        probe.close()
+
+
 def serve(  # noqa: PLR0915  # the worker's one dispatch loop, kept in one place
     connection: Connection, unique_id: str, profile_name: str, frequency: int
 ) -> None:  # pragma: no cover - runs in the worker process
@@ -130,17 +150,19 @@ def serve(  # noqa: PLR0915  # the worker's one dispatch loop, kept in one place
                 close()
                 connection.send(("ok", None))
                 continue
+            options = {"project_dir": workdir, "no_config": True, "frequency": frequency,
+                       "hide_programming_progress": True}  # fmt: skip
+            if operation == "hardware_reset":  # nRESET works when the debug port is locked
+                close()
+                _pulse_reset(unique_id, options)
+                connection.send(("ok", None))
+                continue
             if session is None:
                 session = ConnectHelper.session_with_chosen_probe(
                     unique_id=unique_id,
                     target_override=target_profile.pyocd_target,
                     blocking=False,
-                    options={
-                        "project_dir": workdir,
-                        "no_config": True,
-                        "frequency": frequency,
-                        "hide_programming_progress": True,
-                    },
+                    options=options,
                 )
                 if session is None:
                     raise ProbeFailure("probe", f"no probe {unique_id}")
@@ -174,11 +196,19 @@ def serve(  # noqa: PLR0915  # the worker's one dispatch loop, kept in one place
 class ProbeWorker:
     """The daemon's handle on one probe's worker process."""
 
-    def __init__(self, unique_id: str, profile_name: str, *, frequency: int = 4_000_000) -> None:
+    def __init__(
+        self,
+        unique_id: str,
+        profile_name: str,
+        *,
+        frequency: int = 4_000_000,
+        on_restart: Callable[[], None] | None = None,
+    ) -> None:
         self.unique_id = unique_id
         self.profile_name = profile_name
         self.frequency = frequency
         self.restarts = 0
+        self._on_restart = on_restart or (lambda: None)
         self._process: Any = None
         self._connection: Connection | None = None
         self._lock = anyio.Lock()
@@ -206,11 +236,15 @@ class ProbeWorker:
             self._connection.close()
             self._connection = None
 
+    def _restarted(self) -> None:
+        self.restarts += 1
+        self._on_restart()
+
     async def call(self, operation: str, *args: Any, limit_s: float) -> Any:
         async with self._lock:
             if self._process is None or not self._process.is_alive():
                 if self._process is not None:
-                    self.restarts += 1
+                    self._restarted()
                 self.kill()
                 self._start()
             connection = self._connection
@@ -224,7 +258,7 @@ class ProbeWorker:
                 with anyio.fail_after(limit_s):
                     answer = await anyio.to_thread.run_sync(connection.recv, abandon_on_cancel=True)
             except TimeoutError:
-                self.restarts += 1
+                self._restarted()
                 self.kill()  # a hung probe: kill and start afresh next time
                 raise ProbeFailure("timeout", f"{operation} took longer than {limit_s} s") from None
             except EOFError:

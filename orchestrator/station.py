@@ -10,6 +10,7 @@ lost session restarts the download from the ROM.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from nuwire.secureisp.session import HostSession
 from nuwire.secureisp.states import Role
 from orchestrator.config import LineConfig, Station
 from orchestrator.journal import FINAL, Board, Journal
+from orchestrator.metrics import Metrics
 from orchestrator.probe_worker import ProbeFailure, ProbeWorker
 from orchestrator.steps import BY_NUMBER, StepClass
 from orchestrator.uart import UartFailure, UartLink
@@ -81,21 +83,53 @@ class StationRunner:
         journal: Journal,
         cloud: CloudClient,
         station_key: ec.EllipticCurvePrivateKey,
+        metrics: Metrics | None = None,
     ) -> None:
         self.line, self.station, self.profile = line, station, profile
         self.journal, self.cloud, self.station_key = journal, cloud, station_key
-        self.probe = ProbeWorker(station.probe, profile.name)
+        self.metrics = metrics or Metrics()
+        self.probe = ProbeWorker(
+            station.probe, profile.name, on_restart=self.metrics.probe_restarts.labels(station.name).inc
+        )
         self.status = StationStatus()
+        self.paused = False
+        self._resumed = anyio.Event()
         self.log = structlog.get_logger("orchestrator").bind(
             line=line.line, station=station.name, job=line.job_id
         )
         self.stopping = False
         self.idle = anyio.Event()
         self.idle.set()
-        self.on_done: Callable[[], None] = lambda: None
+        self.on_done: Callable[[Board], None] = lambda _: None
 
     def __repr__(self) -> str:
         return f"<StationRunner {self.station.name} state={self.status.state} uid={self.status.uid}>"
+
+    def _show(self, state: str, uid: str | None = None) -> None:
+        if (self.status.state, self.status.uid) != (state, uid):
+            self.status.state, self.status.uid, self.status.step = state, uid, None
+            self.status.attempt, self.status.progress, self.status.last_error = 0, 0.0, ""
+
+    # -- pause and resume -------------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stop at the next safe point: between boards, before a debug step, before the UART steps."""
+        if not self.paused:
+            self.paused, self._resumed = True, anyio.Event()
+            self.log.info("station.pause")
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            self._resumed.set()
+            self.log.info("station.resume")
+
+    async def _safe_point(self) -> None:
+        if not self.paused:
+            return
+        state, self.status.state = self.status.state, "paused"
+        await self._resumed.wait()
+        self.status.state = state
 
     # -- running steps ----------------------------------------------------------------------------
 
@@ -109,7 +143,10 @@ class StationRunner:
         step = BY_NUMBER[number]
         klass = self._class(step.kind)
         attempts = klass.retry.attempts if retries else 1
+        if number < 8:  # steps 8-13 share one UART session: they pause before it, not inside
+            await self._safe_point()
         self.status.step = number
+        labels = (str(number), step.kind.value)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(attempts),
             wait=wait_exponential_jitter(initial=klass.retry.backoff_s, max=10),
@@ -120,6 +157,8 @@ class StationRunner:
             with attempt:
                 n = attempt.retry_state.attempt_number
                 self.status.attempt = n
+                if n > 1:
+                    self.metrics.retries.labels(*labels).inc()
                 started = time.monotonic()
                 fields = {"uid": board.uid, "step": number, "step_name": step.name, "attempt": n}
                 self.log.info("step.start", **fields)
@@ -128,6 +167,7 @@ class StationRunner:
                     result = await action()
                 except Exception as error:
                     ms = round((time.monotonic() - started) * 1000)
+                    self.metrics.errors.labels(*labels).inc()
                     self.status.last_error = str(error)[:200]
                     self.log.warning(
                         "step.fail", **fields, duration_ms=ms, outcome="error", error=str(error)[:300]
@@ -143,6 +183,7 @@ class StationRunner:
                     )
                     raise
                 ms = round((time.monotonic() - started) * 1000)
+                self.metrics.step_seconds.labels(str(number)).observe(ms / 1000)
                 self.log.info("step.end", **fields, duration_ms=ms, outcome="ok")
                 self.journal.event(board.uid, self.station.name, number, "result", attempt=n, outcome="ok")
         return result
@@ -177,8 +218,13 @@ class StationRunner:
         return None
 
     def _uart(self, attempts: int = 6) -> UartLink:
+        counter = self.metrics.uart_bytes
         return UartLink(
-            self.station.uart, self.station.baud, timeout=self.line.defaults.uart.timeout_s, attempts=attempts
+            self.station.uart,
+            self.station.baud,
+            timeout=self.line.defaults.uart.timeout_s,
+            attempts=attempts,
+            count=lambda direction, n: counter.labels(self.station.name, direction).inc(n),
         )
 
     def _session(self, role: Role) -> HostSession:
@@ -189,16 +235,29 @@ class StationRunner:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         structlog.contextvars.bind_contextvars(station=self.station.name)
         task_status.started()
+        # A board left unfinished by a crash may be running its application, silent on both ports:
+        # one nRESET brings back the ROM's SecureISP, and the journal says where to resume.
+        reset_pending = bool(self.journal.unfinished(self.station.name))
         try:
             while not self.stopping:
-                self.status.state = "waiting"
+                await self._safe_point()
                 found = await self.identify()
-                if found is not None:
-                    uid, via = found
-                    known = self.journal.board(uid)
-                    if known is None or known.outcome not in FINAL:
-                        await self.provision(uid, via)
-                        continue
+                if found is None and reset_pending:
+                    reset_pending = False
+                    with contextlib.suppress(ProbeFailure):
+                        await self.debug("hardware_reset")
+                    found = await self.identify()
+                if found is None:
+                    if self.status.state not in ("pass", "fail", "quarantine"):
+                        self._show("waiting")  # a result stays shown until the next board
+                    await anyio.sleep(0.3)
+                    continue
+                uid, via = found
+                known = self.journal.board(uid)
+                if known is None or known.outcome not in FINAL:
+                    await self.provision(uid, via)
+                    continue
+                self._show(known.outcome.lower(), uid)  # a finished board still in the fixture
                 await anyio.sleep(0.3)
         finally:
             with anyio.CancelScope(shield=True):
@@ -251,6 +310,7 @@ class StationRunner:
         board.finished = time.time()
         self.journal.save(board)
         self.status.counts[board.outcome] += 1
+        self.metrics.boards.labels(self.station.name, board.outcome).inc()
         self.status.state = board.outcome.lower()
         try:
             await self.cloud.report(
@@ -263,7 +323,7 @@ class StationRunner:
             )
         except CloudError as error:
             log.warning("board.report_failed", error=str(error))
-        self.on_done()
+        self.on_done(board)
         log.info(
             "board.done",
             outcome=board.outcome,
@@ -405,6 +465,7 @@ class StationRunner:
 
     async def _uart_once(self, board: Board) -> None:
         app_key = bytes.fromhex(board.application_key or "")
+        await self._safe_point()
         async with self._uart() as link:
             in_bootloader = False
             rom = self._session(Role.ROM)

@@ -8,6 +8,7 @@ resends a :class:`UartFailure` says the session is lost; the caller restarts it 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -26,12 +27,21 @@ class UartFailure(Exception):
 
 
 class UartLink:
-    def __init__(self, device: str, baud: int, *, timeout: float, attempts: int = 6) -> None:
+    def __init__(
+        self,
+        device: str,
+        baud: int,
+        *,
+        timeout: float,
+        attempts: int = 6,
+        count: Callable[[str, int], None] | None = None,
+    ) -> None:
+        """``count(direction, n)`` hears of every n bytes sent ("tx") or received ("rx")."""
         self.device, self.baud, self.timeout, self.attempts = device, baud, timeout, attempts
         self._reader: asyncio.StreamReader | None = None
         self._writer: Any = None
         self._assembler = PacketAssembler()
-        self.bytes_sent = 0
+        self._count = count or (lambda *_: None)
 
     def __repr__(self) -> str:
         return f"<UartLink {self.device} {self.baud} baud open={self._reader is not None}>"
@@ -50,14 +60,16 @@ class UartLink:
     async def _packet(self) -> bytes:
         assert self._reader is not None  # noqa: S101  # used inside the context manager only
         while True:
-            packets = self._assembler.feed(await self._reader.read(64))
+            data = await self._reader.read(64)
+            self._count("rx", len(data))
+            packets = self._assembler.feed(data)
             if packets:
                 return packets[-1]
 
     async def exchange(self, session: HostSession, raw: bytes) -> Reply:
         for _ in range(self.attempts):
             self._writer.write(raw)
-            self.bytes_sent += len(raw)
+            self._count("tx", len(raw))
             with anyio.move_on_after(self.timeout):
                 while True:
                     answer = await self._packet()

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import venv_tool
 from tests.orchestrator.harness import simulated_line
@@ -80,17 +81,23 @@ def latest(journal: Path) -> tuple[int, str] | None:
     return None if row is None else (int(row[0]), str(row[1]))
 
 
+def boards_status(workdir: Path) -> dict[str, Any]:
+    command = [venv_tool("boardsim"), "ctl", "--state-dir", str(workdir / "boards"), '{"op": "status"}']
+    answer = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    stations: dict[str, Any] = answer["stations"]
+    return stations
+
+
 def test_sigkill_inside_every_step_then_resume(tmp_path: Path) -> None:
     """Kill the daemon as soon as the journal shows each step's intent (inside the step), and right
     after each OTP intent (between the intent and the write's result); resume every time."""
     workdir = tmp_path / "line"
     journal = workdir / "journal.db"
-    # Up to step 12: a kill inside step 13 after the board booted, once the operator has taken the
-    # board away, leaves an intent nothing can settle by reading the board (see docs/orchestrator.md).
-    targets = [(n, "intent") for n in range(1, 13)]
+    targets = [(n, "intent") for n in range(1, 14)]
     targets[3:3] = [(3, "otp-intent")]
     targets[9:9] = [(8, "otp-intent")]
     hit: list[tuple[int, str]] = []
+    booted_at_kill = None
     with simulated_line(
         workdir, stations=1, boards=1, baud=115_200, app_size=20_000, quantity=1
     ) as simulated:
@@ -98,7 +105,13 @@ def test_sigkill_inside_every_step_then_resume(tmp_path: Path) -> None:
         for target in targets:
             daemon = simulated.daemon()
             while latest(journal) != target and finished(journal) < 1 and time.monotonic() < deadline:
-                time.sleep(0.005)
+                time.sleep(0.001 if target[0] == 13 else 0.005)
+            if target[0] == 13:
+                # Frozen just after DL_FINISH went out: the board verifies and boots its application
+                # while the daemon never hears; the restarted daemon must find the board again.
+                daemon.send_signal(signal.SIGSTOP)
+                time.sleep(0.5)
+                booted_at_kill = boards_status(workdir)["station-01"]["booted"]
             daemon.send_signal(signal.SIGKILL)
             daemon.wait()
             if latest(journal) == target:
@@ -113,6 +126,8 @@ def test_sigkill_inside_every_step_then_resume(tmp_path: Path) -> None:
     assert len(hit) >= 9, hit  # the kill landed right after most intents (fast cloud steps may finish first)
     assert (3, "otp-intent") in hit
     assert (8, "otp-intent") in hit
+    assert (13, "intent") in hit
+    assert booted_at_kill == "application"  # killed inside step 13 with the application already running
     with sqlite3.connect(journal) as db:
         assert [row[0] for row in db.execute("SELECT outcome FROM boards")] == ["PASS"]
     (state_file,) = (workdir / "boards").glob("53494D*/state.json")

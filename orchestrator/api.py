@@ -1,0 +1,195 @@
+"""The daemon's local HTTP API, dashboard and metrics (aiohttp, in the daemon's event loop).
+
+Read-only and open to anyone who can reach the address (127.0.0.1 by default): the dashboard at /,
+``GET /api/v1/status``, ``GET /api/v1/stations/{name}``, the live event stream
+``GET /api/v1/events`` (server-sent events) and ``GET /metrics`` (Prometheus). Control actions need
+``Authorization: Bearer <token>`` with the token from ``api.token_file``:
+``POST /api/v1/stations/{name}/pause|resume|retry|release``. The routes are listed in docs/api.md.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from orchestrator.daemon import Line
+
+log = structlog.get_logger("orchestrator")
+WEB = Path(__file__).parent / "web"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+ACTIONS = ("pause", "resume", "retry", "release")
+
+
+class Refused(Exception):
+    def __init__(self, status: int, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail = status, title, detail
+
+
+def _problem(status: int, title: str, detail: str) -> web.Response:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    response = web.json_response(body, status=status, content_type="application/problem+json")
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="orchestrator"'
+    return response
+
+
+def read_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    token = path.read_text().strip()
+    if len(token) < 16:
+        raise ValueError(f"{path}: the API token must be at least 16 characters")
+    if path.stat().st_mode & 0o077:
+        log.warning("api.token_file_readable", file=str(path), hint="chmod 600")
+    return token
+
+
+class Api:
+    def __init__(self, line: Line, token: str | None) -> None:
+        self.line, self._token = line, token
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self.app = web.Application(middlewares=[self._errors])
+        self.app.add_routes(
+            [
+                web.get("/", self.index),
+                web.static("/static", WEB),
+                web.get("/api/v1/status", self.status),
+                web.get("/api/v1/stations/{name}", self.station),
+                web.post("/api/v1/stations/{name}/{action}", self.action),
+                web.get("/api/v1/events", self.events),
+                web.get("/metrics", self.metrics),
+            ]
+        )
+
+    def __repr__(self) -> str:
+        return f"<Api {self.url or 'not started'}>"
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except Refused as refused:
+            response = _problem(refused.status, refused.title, refused.detail)
+        except web.HTTPException as error:
+            response = _problem(error.status, error.reason, error.text or error.reason)
+        if not response.prepared:
+            response.headers.update(HEADERS)
+        return response
+
+    async def start(self, listen: str) -> str:
+        host, port = listen.rsplit(":", 1)
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host.strip("[]"), int(port))
+        await site.start()
+        self.url = f"http://{host}:{self._runner.addresses[0][1]}"  # the port chosen, for port 0
+        log.info("api.listen", url=self.url, control="on" if self._token else "off (no api.token_file)")
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- read-only ---------------------------------------------------------------------------------
+
+    async def index(self, _: web.Request) -> web.StreamResponse:
+        return web.FileResponse(WEB / "index.html")
+
+    async def status(self, _: web.Request) -> web.Response:
+        return web.json_response(self.line.snapshot())
+
+    async def station(self, request: web.Request) -> web.Response:
+        return web.json_response(self.line.station_status(self._runner_name(request)))
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        response = web.Response(body=self.line.metrics.render())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: ``status`` (the whole snapshot, when it changes) and ``board`` (each
+        finished board); a comment every 15 s keeps proxies from closing the stream."""
+        response = web.StreamResponse(headers={**HEADERS, "Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        sent, seen, quiet = "", len(self.line.board_events), 0.0
+        try:
+            while True:
+                snapshot = json.dumps(self.line.snapshot())
+                if snapshot != sent:
+                    await response.write(f"event: status\ndata: {snapshot}\n\n".encode())
+                    sent, quiet = snapshot, 0.0
+                for event in self.line.board_events[seen:]:
+                    await response.write(f"event: board\ndata: {json.dumps(event)}\n\n".encode())
+                seen = len(self.line.board_events)
+                if quiet >= 15:
+                    await response.write(b": keep-alive\n\n")
+                    quiet = 0.0
+                await anyio.sleep(0.25)
+                quiet += 0.25
+        except (ConnectionResetError, RuntimeError):  # the browser went away
+            pass
+        return response
+
+    # -- control -----------------------------------------------------------------------------------
+
+    def _runner_name(self, request: web.Request) -> str:
+        name = request.match_info["name"]
+        if name not in self.line.stations:
+            raise Refused(404, "No such station", f"no station named {name!r} is running")
+        return name
+
+    def _authorise(self, request: web.Request) -> None:
+        if self._token is None:
+            raise Refused(
+                403, "Control is off", "set api.token_file in stations.yaml to allow control actions"
+            )
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self._token.encode()
+        ):
+            raise Refused(401, "Token needed", "control actions need Authorization: Bearer <api token>")
+
+    async def action(self, request: web.Request) -> web.Response:
+        self._authorise(request)
+        name, action = self._runner_name(request), request.match_info["action"]
+        if action not in ACTIONS:
+            raise Refused(404, "No such action", f"{action!r}: use one of {', '.join(ACTIONS)}")
+        body: Any = {}
+        if request.can_read_body:
+            try:
+                body = await request.json()
+            except ValueError:
+                raise Refused(400, "Bad body", "the body must be a JSON object") from None
+        if not isinstance(body, dict):
+            raise Refused(400, "Bad body", "the body must be a JSON object")
+        try:
+            result = self.line.act(name, action, uid=body.get("uid"), reason=str(body.get("reason") or ""))
+        except LookupError as error:
+            raise Refused(409, "Nothing to do", str(error.args[0])) from None
+        return web.json_response(result)
+
+
+def write_address(path: Path, url: str) -> None:
+    """``api.json`` beside the journal: how ``orchestrator status`` finds a daemon on port 0."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    temporary.replace(path)

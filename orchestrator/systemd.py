@@ -1,0 +1,44 @@
+"""systemd's notification protocol (sd_notify), for a Type=notify unit with WatchdogSec.
+
+READY=1 once every station has started, RELOADING=1 around a reload, STOPPING=1 on the way out, and
+WATCHDOG=1 every half watchdog period, sent from the event loop and only while every station makes
+progress: a blocked loop or a stuck station stops the pings and systemd restarts the daemon, which
+resumes from the journal. Without NOTIFY_SOCKET (not under systemd) every call does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def _address() -> str | None:
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return None
+    return "\0" + path[1:] if path.startswith("@") else path  # "@": Linux abstract namespace
+
+
+def notify(*fields: str) -> bool:
+    """Send ``KEY=value`` fields in one datagram; False when there is no socket to send to."""
+    address = _address()
+    if address is None:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.sendto("\n".join(fields).encode(), address)
+        except OSError:
+            return False
+    return True
+
+
+def watchdog_period() -> float | None:
+    """The watchdog period in seconds, when systemd set one for this process."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return int(usec) / 1_000_000
+    except ValueError:
+        return None

@@ -1,0 +1,131 @@
+// The line dashboard: one tile per station, line totals and a failure Pareto, kept live by the
+// daemon's server-sent events (/api/v1/events). Text from the daemon only ever goes in as text.
+"use strict";
+
+const tiles = new Map();
+const $ = (id) => document.getElementById(id);
+
+function make(parent, tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  parent.appendChild(node);
+  return node;
+}
+
+function token() {
+  return $("token").value || sessionStorage.getItem("orchestrator-token") || "";
+}
+
+async function act(station, action, body) {
+  const response = await fetch(`/api/v1/stations/${encodeURIComponent(station)}/${action}`, {
+    method: "POST",
+    headers: { "Authorization": `Bearer ${token()}`, "Content-Type": "application/json" },
+    body: JSON.stringify(body || {}),
+  });
+  if (response.ok) {
+    $("message").textContent = `${station}: ${action} done`;
+  } else {
+    const problem = await response.json().catch(() => ({}));
+    $("message").textContent = `${station}: ${action} refused: ${problem.detail || response.status}`;
+  }
+}
+
+function tile(name) {
+  if (tiles.has(name)) return tiles.get(name);
+  const node = make($("stations"), "article", "tile");
+  node.dataset.station = name;
+  const top = make(node, "div", "top");
+  make(top, "span", "name", name);
+  const parts = { node, state: make(top, "span", "state") };
+  parts.uid = make(node, "div", "uid");
+  parts.step = make(node, "div", "step");
+  parts.bar = make(make(node, "div", "bar"), "span");
+  parts.error = make(node, "div", "error");
+  const bottom = make(node, "div", "bottom");
+  parts.counts = make(bottom, "span", "counts");
+  const buttons = make(bottom, "span", "buttons");
+  parts.pause = make(buttons, "button", "pause", "pause");
+  parts.pause.addEventListener("click", () => act(name, parts.pause.textContent));
+  parts.retry = make(buttons, "button", "retry", "retry");
+  parts.retry.addEventListener("click", () => act(name, "retry"));
+  parts.release = make(buttons, "button", "release", "release");
+  parts.release.addEventListener("click", () => {
+    const reason = prompt(`Release the quarantined board on ${name}: why?`);
+    if (reason) act(name, "release", { reason });
+  });
+  tiles.set(name, parts);
+  return parts;
+}
+
+function renderStation(s) {
+  const t = tile(s.name);
+  t.node.className = `tile ${s.state}`;
+  t.state.textContent = s.state;
+  t.uid.textContent = s.uid || "no board";
+  t.step.textContent = s.step ? `${s.step} ${s.step_name}${s.attempt > 1 ? ` (try ${s.attempt})` : ""}` : "";
+  t.bar.style.width = `${Math.round(100 * (s.state === "provisioning" || s.state === "paused" ? s.progress : 0))}%`;
+  t.error.textContent = s.last_error || "";
+  t.error.title = s.last_error || "";
+  t.counts.textContent = "";
+  make(t.counts, "b", "count-pass", `✔ ${s.counts.PASS}`);
+  make(t.counts, "b", "count-fail", `✘ ${s.counts.FAIL + s.counts.QUARANTINE}`);
+  t.pause.textContent = s.paused ? "resume" : "pause";
+  t.retry.hidden = s.state !== "fail";
+  t.release.hidden = s.state !== "quarantine";
+}
+
+function renderPareto(failures) {
+  const list = $("pareto");
+  list.textContent = "";
+  const total = failures.reduce((sum, f) => sum + f.count, 0);
+  let running = 0;
+  for (const f of failures) {
+    running += f.count;
+    const item = make(list, "li");
+    item.dataset.step = f.step;
+    make(item, "span", "name", `${f.step} ${f.name}`).title = f.name;
+    make(item, "span", "count", `${f.count} · ${Math.round((100 * running) / total)}%`);
+    make(item, "span", "pbar").style.width = `${Math.round((100 * f.count) / failures[0].count)}%`;
+  }
+  if (!failures.length) make(list, "li", "none", "no failures");
+}
+
+function render(snapshot) {
+  $("line").textContent = snapshot.line;
+  $("job").textContent = snapshot.job_id;
+  const totals = snapshot.totals;
+  $("total-pass").textContent = totals.pass;
+  $("total-fail").textContent = totals.fail;
+  $("total-quarantine").textContent = totals.quarantine;
+  $("total-yield").textContent = totals.yield === null ? "-" : `${(100 * totals.yield).toFixed(1)}%`;
+  $("total-rate").textContent = totals.boards_per_hour;
+  const names = new Set(snapshot.stations.map((s) => s.name));
+  for (const [name, parts] of tiles) {
+    if (!names.has(name)) {
+      parts.node.remove();
+      tiles.delete(name);
+    }
+  }
+  snapshot.stations.forEach(renderStation);
+  renderPareto(totals.failures_by_step);
+  document.body.dataset.updated = String(snapshot.time);
+}
+
+function connect() {
+  const events = new EventSource("/api/v1/events");
+  events.addEventListener("status", (event) => render(JSON.parse(event.data)));
+  events.addEventListener("board", (event) => {
+    const board = JSON.parse(event.data);
+    if (board.outcome !== "PASS") $("message").textContent = `${board.station}: ${board.uid} ${board.outcome}`;
+  });
+  events.onopen = () => { $("link").className = "link up"; $("link").textContent = "live"; };
+  events.onerror = () => { $("link").className = "link down"; $("link").textContent = "reconnecting"; };
+}
+
+window.addEventListener("DOMContentLoaded", () => {
+  $("token").value = sessionStorage.getItem("orchestrator-token") || "";
+  $("token").addEventListener("change", () => sessionStorage.setItem("orchestrator-token", $("token").value));
+  connect();
+});
+window.renderSnapshot = render; // for layout checks with a synthetic line
