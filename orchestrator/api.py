@@ -36,6 +36,10 @@ HEADERS = {
 ACTIONS = ("pause", "resume", "retry", "release")
 
 
+class ApiError(Exception):
+    """The API could not listen where stations.yaml says (the port is taken, the address is wrong)."""
+
+
 class Refused(Exception):
     def __init__(self, status: int, title: str, detail: str) -> None:
         super().__init__(detail)
@@ -99,7 +103,11 @@ class Api:
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host.strip("[]"), int(port))
-        await site.start()
+        try:
+            await site.start()
+        except OSError as error:
+            await self._runner.cleanup()
+            raise ApiError(f"api.listen {listen}: {error.strerror or error}") from None
         self.url = f"http://{host}:{self._runner.addresses[0][1]}"  # the port chosen, for port 0
         log.info("api.listen", url=self.url, control="on" if self._token else "off (no api.token_file)")
         return self.url

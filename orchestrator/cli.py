@@ -75,8 +75,14 @@ def run_command(args: argparse.Namespace) -> int:
     config = _config(args.config)
     if config is None:
         return 2
+    from orchestrator.api import ApiError  # noqa: PLC0415
+
     logs.configure(args.log_file)
-    anyio.run(functools.partial(run, config, args.journal, config_path=args.config))
+    try:
+        anyio.run(functools.partial(run, config, args.journal, config_path=args.config))
+    except ApiError as error:
+        print(f"orchestrator: error: {args.config}: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -136,7 +142,7 @@ def status_command(args: argparse.Namespace) -> int:
             s["name"], s["state"], s["uid"] or "-", step, str(s["attempt"] or "-"), progress,
             str(s["counts"]["PASS"]), str(failed), s["last_error"][:50],
         )  # fmt: skip
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
     return 0
 
 
@@ -193,19 +199,24 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 def demo_command(args: argparse.Namespace) -> int:
+    from orchestrator.api import ApiError  # noqa: PLC0415
     from orchestrator.demo import demo  # noqa: PLC0415
 
-    return demo(
-        stations=args.stations,
-        boards=args.boards,
-        workdir=args.workdir,
-        baud=args.baud,
-        app_size=args.app_size,
-        faults=args.faults,
-        quantity=args.quantity,
-        api_port=args.api_port,
-        hold=args.hold,
-    )
+    try:
+        return demo(
+            stations=args.stations,
+            boards=args.boards,
+            workdir=args.workdir,
+            baud=args.baud,
+            app_size=args.app_size,
+            faults=args.faults,
+            quantity=args.quantity,
+            api_port=args.api_port,
+            hold=args.hold,
+        )
+    except ApiError as error:
+        print(f"orchestrator demo: error: {error} (choose another with --api-port)", file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -63,7 +63,10 @@ function renderStation(s) {
   t.node.className = `tile ${s.state}`;
   t.state.textContent = s.state;
   t.uid.textContent = s.uid || "no board";
-  t.step.textContent = s.step ? `${s.step} ${s.step_name}${s.attempt > 1 ? ` (try ${s.attempt})` : ""}` : "";
+  const step = s.step ? `${s.step} ${s.step_name}` : "";
+  if (s.state === "pass") t.step.textContent = "provisioned";
+  else if (s.state === "fail" || s.state === "quarantine") t.step.textContent = `stopped at ${step}`;
+  else t.step.textContent = s.step ? `${step}${s.attempt > 1 ? ` (try ${s.attempt})` : ""}` : "";
   t.bar.style.width = `${Math.round(100 * (s.state === "provisioning" || s.state === "paused" ? s.progress : 0))}%`;
   t.error.textContent = s.last_error || "";
   t.error.title = s.last_error || "";

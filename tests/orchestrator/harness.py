@@ -35,7 +35,7 @@ class SimulatedLine:
     def log(self) -> Path:
         return self.workdir / "logs" / "orchestrator.jsonl"
 
-    def daemon(self) -> subprocess.Popen[bytes]:
+    def daemon(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         command = [
             venv_tool("orchestrator"),
             "run",
@@ -45,7 +45,10 @@ class SimulatedLine:
             str(self.journal),
         ]
         return subprocess.Popen(
-            [*command, "--log-file", str(self.log)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [*command, "--log-file", str(self.log)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
         )
 
 

@@ -35,6 +35,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             str(BOARDS),
             "--app-size",
             "6000",
+            "--api-port",
+            "0",
         ],
         capture_output=True,
         text=True,

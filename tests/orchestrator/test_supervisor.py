@@ -1,0 +1,281 @@
+"""The line supervisor's view, checked from outside: a real Chromium on the dashboard of a running
+simulated line, the status API and CLI against report.json, the report CLI, Prometheus' promtool on
+/metrics, and control actions with and without the token.
+
+One demo runs for the module (``orchestrator demo --hold``: the dashboard stays up after the last
+board until SIGTERM). Screenshots go to $NUPROV_ARTIFACTS (default test-artifacts/).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import system_tool, venv_tool
+
+STATIONS, BOARDS = 4, 3
+TOTAL = STATIONS * BOARDS
+ARTIFACTS = Path(os.environ.get("NUPROV_ARTIFACTS", "test-artifacts"))
+
+
+@dataclass
+class Demo:
+    workdir: Path
+    process: subprocess.Popen[bytes]
+    url: str
+
+    @property
+    def token(self) -> str:
+        return (self.workdir / "api-token").read_text().strip()
+
+    def status(self) -> dict[str, Any]:
+        answer: dict[str, Any] = httpx.get(f"{self.url}/api/v1/status", timeout=10).json()
+        return answer
+
+    def station(self, name: str) -> dict[str, Any]:
+        answer: dict[str, Any] = httpx.get(f"{self.url}/api/v1/stations/{name}", timeout=10).json()
+        return answer
+
+    def report(self) -> dict[str, Any] | None:
+        path = self.workdir / "report.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def wait_report(self, timeout: float = 240) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while (report := self.report()) is None:
+            assert self.process.poll() is None, "the demo stopped before writing report.json"
+            assert time.monotonic() < deadline, "the line did not finish"
+            time.sleep(0.2)
+        return report
+
+
+def wait_for(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return value
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    workdir = tmp_path_factory.mktemp("supervisor") / "run"
+    log = workdir.parent / "demo.out"
+    command = [
+        venv_tool("orchestrator"), "demo", "--workdir", str(workdir), "--stations", str(STATIONS),
+        "--boards", str(BOARDS), "--app-size", "12000", "--baud", "460800", "--api-port", "0", "--hold",
+        "--quantity", str(TOTAL - 1),  # one board meets the job's quota: a FAIL at step 2
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        address = workdir / "api.json"
+        wait_for(lambda: address.exists() or process.poll() is not None, 120, "the daemon's API")
+        assert process.poll() is None, log.read_text()[-3000:]
+        yield Demo(workdir, process, json.loads(address.read_text())["url"])
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_dashboard_in_chromium_live_updates_pause_and_final_count(demo: Demo) -> None:
+    chromium = system_tool("chromium", "chromium")
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium)
+        page = browser.new_page(viewport={"width": 1920, "height": 1080})
+        page.goto(demo.url + "/")
+        page.evaluate("window.loadedOnce = true")  # gone if the page ever reloads
+        page.wait_for_selector("article.tile >> nth=3")
+        names = page.eval_on_selector_all("article.tile", "tiles => tiles.map(t => t.dataset.station)")
+        assert names == [f"station-{n:02d}" for n in range(1, STATIONS + 1)]
+        page.screenshot(path=ARTIFACTS / "dashboard-start.png")
+
+        # Live: the tiles' progress and the totals change while nobody reloads.
+        seen_progress, seen_steps = set(), set()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (len(seen_progress) < 3 or len(seen_steps) < 3):
+            seen_progress.update(
+                page.eval_on_selector_all(".tile .bar span", "s => s.map(x => x.style.width)")
+            )
+            seen_steps.update(page.eval_on_selector_all(".tile .step", "s => s.map(x => x.textContent)"))
+            time.sleep(0.1)
+        assert len(seen_progress) >= 3, seen_progress
+        assert len(seen_steps) >= 3, seen_steps
+
+        # Pause station-02 from the page: it stops at a safe point and takes no step while paused.
+        page.fill("#token", demo.token)
+        page.dispatch_event("#token", "change")
+        page.click("article[data-station='station-02'] button.pause")
+        wait_for(lambda: demo.station("station-02")["state"] == "paused", 60, "station-02 to pause")
+        tile = "article[data-station='station-02']"
+        page.wait_for_selector(f"{tile}.paused")
+        assert page.text_content(f"{tile} button.pause") == "resume"
+        with sqlite3.connect(demo.workdir / "journal.db") as db:
+            query = "SELECT COUNT(*) FROM steps WHERE station = 'station-02'"
+            before = db.execute(query).fetchone()[0]
+            time.sleep(3)
+            assert db.execute(query).fetchone()[0] == before  # nothing happened on the paused station
+        assert demo.station("station-02")["state"] == "paused"
+        page.screenshot(path=ARTIFACTS / "dashboard-paused.png")
+        page.click(f"{tile} button.pause")  # now labelled "resume"
+        wait_for(lambda: not demo.station("station-02")["paused"], 10, "station-02 to resume")
+
+        report = demo.wait_report()
+        page.wait_for_function(
+            "expected => document.getElementById('total-pass').textContent === String(expected)",
+            arg=report["totals"]["pass"],
+            timeout=10_000,
+        )
+        assert page.evaluate("window.loadedOnce") is True
+        assert page.text_content("#total-fail") == str(report["totals"]["fail"])
+        assert page.eval_on_selector_all("#pareto li", "items => items.map(i => i.dataset.step)") == ["2"]
+        page.screenshot(path=ARTIFACTS / "dashboard-end.png")
+
+        # 64 stations on one 1920x1080 screen: every tile fully visible without scrolling.
+        synthetic = demo.status()
+        template = synthetic["stations"][0]
+        synthetic["stations"] = [{**template, "name": f"station-{n:02d}"} for n in range(1, 65)]
+        page.evaluate("snapshot => window.renderSnapshot(snapshot)", synthetic)
+        boxes = page.eval_on_selector_all(
+            "article.tile",
+            "tiles => tiles.map(t => { const r = t.getBoundingClientRect(); return [r.right, r.bottom]; })",
+        )
+        assert len(boxes) == 64
+        assert all(right <= 1920 and bottom <= 1080 for right, bottom in boxes), max(
+            boxes, key=lambda b: b[1]
+        )
+        page.screenshot(path=ARTIFACTS / "dashboard-64-stations.png")
+        browser.close()
+
+
+def test_status_cli_and_api_agree_with_report(demo: Demo) -> None:
+    report = demo.wait_report()
+    assert report["totals"]["pass"] == TOTAL - 1
+    assert report["totals"]["fail"] == 1
+    status = demo.status()
+    cli = subprocess.run(
+        [venv_tool("orchestrator"), "status", "--json", "--url", demo.url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    from_cli = json.loads(cli.stdout)
+    for totals in (status["totals"], from_cli["totals"]):
+        assert {key: totals[key] for key in ("pass", "fail", "quarantine")} == {
+            key: report["totals"][key] for key in ("pass", "fail", "quarantine")
+        }
+        assert totals["finished"] == len(report["boards"])
+        assert totals["failures_by_step"] == [
+            {"step": 2, "name": "bootloader key and signed bootloader", "count": 1}
+        ]
+    assert sum(s["counts"]["PASS"] for s in status["stations"]) == report["totals"]["pass"]
+    table = subprocess.run(
+        [venv_tool("orchestrator"), "status", "--config", str(demo.workdir / "stations.yaml"),
+         "--journal", str(demo.workdir / "journal.db")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "station-04" in table.stdout
+    assert f"PASS {report['totals']['pass']}" in table.stdout
+
+
+def test_report_cli_csv_and_json_match_report_json(demo: Demo) -> None:
+    report = demo.wait_report()
+    job = demo.status()["job_id"]
+    base = [venv_tool("orchestrator"), "report", "--job", job, "--journal", str(demo.workdir / "journal.db")]
+    as_json = json.loads(
+        subprocess.run([*base, "--format", "json"], capture_output=True, text=True, check=True).stdout
+    )
+    assert [b["uid"] for b in as_json["boards"]] == [b["uid"] for b in report["boards"]]
+    assert dict(as_json["totals"].items()) == {k: v for k, v in report["totals"].items() if k != "wall_s"}
+    rows = list(csv.DictReader(io.StringIO(subprocess.run([*base, "--format", "csv"], capture_output=True,
+                                                          text=True, check=True).stdout)))  # fmt: skip
+    assert [row["uid"] for row in rows] == [b["uid"] for b in report["boards"]]
+    failed = [row for row in rows if row["outcome"] == "FAIL"]
+    assert len(failed) == 1
+    assert failed[0]["failed_step"] == "2"
+    assert "quota" in failed[0]["reason"].lower()
+    assert all(float(row["step_12_s"]) > 0 for row in rows if row["outcome"] == "PASS")
+    other = subprocess.run([*base[:3], "nope", *base[4:]], capture_output=True, text=True, check=True)
+    assert len(other.stdout.strip().splitlines()) == 1  # the header only: no board of another job
+
+
+def test_metrics_pass_promtool_and_count_the_run(demo: Demo) -> None:
+    promtool = system_tool("promtool", "prometheus")
+    report = demo.wait_report()
+    text = httpx.get(f"{demo.url}/metrics", timeout=10).text
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:1] != "#"
+    }
+    passed = sum(
+        v for k, v in samples.items() if k.startswith("nuprov_boards_total{") and 'outcome="PASS"' in k
+    )
+    assert passed == report["totals"]["pass"]
+    assert samples['nuprov_step_duration_seconds_count{step="12"}'] >= report["totals"]["pass"]
+    assert any(k.startswith("nuprov_cloud_request_duration_seconds_count{") for k in samples)
+    assert (
+        sum(v for k, v in samples.items() if k.startswith("nuprov_uart_bytes_total{"))
+        > 12000 * report["totals"]["pass"]
+    )
+    assert sum(v for k, v in samples.items() if k.startswith("nuprov_station_state{") and v == 1) == STATIONS
+
+
+def test_control_actions_need_the_token_and_go_to_the_journal(demo: Demo) -> None:
+    report = demo.wait_report()
+    url = f"{demo.url}/api/v1/stations/station-01/pause"
+    assert httpx.post(url, timeout=10).status_code == 401
+    assert (
+        httpx.post(url, headers={"Authorization": "Bearer wrong-token-0123456789"}, timeout=10).status_code
+        == 401
+    )
+    missing = httpx.post(
+        f"{demo.url}/api/v1/stations/nope/pause",
+        headers={"Authorization": f"Bearer {demo.token}"},
+        timeout=10,
+    )
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("application/problem+json")
+    (failed,) = [b for b in report["boards"] if b["outcome"] == "FAIL"]
+    base = [venv_tool("orchestrator"), "station", "--config", str(demo.workdir / "stations.yaml"),
+            "--journal", str(demo.workdir / "journal.db")]  # fmt: skip
+    release = subprocess.run([*base[:2], "release", failed["station"], *base[2:], "--uid", failed["uid"],
+                              "--reason", "x"], capture_output=True, text=True, check=False)  # fmt: skip
+    assert release.returncode == 1
+    assert "QUARANTINE" in release.stderr
+    retry = subprocess.run([*base[:2], "retry", failed["station"], *base[2:], "--uid", failed["uid"]],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert retry.returncode == 0, retry.stderr
+    with sqlite3.connect(demo.workdir / "journal.db") as db:
+        outcome = db.execute("SELECT outcome FROM boards WHERE uid = ?", (failed["uid"],)).fetchone()[0]
+        (decision,) = db.execute(
+            "SELECT outcome, outputs FROM steps WHERE uid = ? AND phase = 'operator'", (failed["uid"],)
+        ).fetchall()
+    assert outcome is None  # back on the line: taken again when it is put in a fixture
+    assert decision[0] == "retry"
+    assert json.loads(decision[1])["previous"]["outcome"] == "FAIL"
+    log = (demo.workdir / "logs" / "orchestrator.jsonl").read_text()
+    assert '"event": "board.retry"' in log

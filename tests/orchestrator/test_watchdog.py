@@ -1,0 +1,75 @@
+"""The daemon under systemd's notification protocol, as systemd runs it: NOTIFY_SOCKET is a datagram
+socket this test reads. READY=1 comes once the stations run, WATCHDOG=1 every half period while the
+event loop turns, and the pings stop while the loop is blocked (here: the journal's disk stalls,
+because the test holds an exclusive lock on the journal, so the daemon's next journal write waits
+on the event loop)."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import socket
+import sqlite3
+import time
+from pathlib import Path
+
+from tests.orchestrator.harness import simulated_line
+
+PERIOD_S = 0.6  # WatchdogSec: pings are due every 0.3 s
+
+
+def receive(sock: socket.socket, seconds: float) -> list[tuple[float, str]]:
+    messages, deadline = [], time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            messages.append((time.monotonic(), sock.recv(4096).decode()))
+        except TimeoutError:
+            break
+    return messages
+
+
+def pings(messages: list[tuple[float, str]]) -> list[float]:
+    return [at for at, text in messages if "WATCHDOG=1" in text.split("\n")]
+
+
+def test_ready_watchdog_pings_and_silence_when_the_loop_blocks(tmp_path: Path) -> None:
+    workdir = tmp_path / "line"
+    with (
+        simulated_line(workdir, stations=2, boards=6, baud=460_800, app_size=8_000, quantity=12) as line,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
+    ):
+        address = tmp_path / "notify.sock"
+        sock.bind(str(address))
+        daemon = line.daemon({"NOTIFY_SOCKET": str(address), "WATCHDOG_USEC": str(int(PERIOD_S * 1e6))})
+        try:
+            sock.settimeout(60)
+            ready = sock.recv(4096).decode()  # the first message, once every station has started
+            assert ready.startswith("READY=1\nSTATUS=2 stations"), ready
+            regular = pings(receive(sock, 3))
+            assert len(regular) >= 6, regular  # about one every 0.3 s
+            assert max(b - a for a, b in itertools.pairwise(regular)) < PERIOD_S
+
+            # Stall the journal for 4 s while boards run: the daemon blocks at its next write.
+            journal = sqlite3.connect(line.journal, isolation_level=None, timeout=30)
+            before = journal.execute("SELECT COUNT(*) FROM steps").fetchone()[0]
+            journal.execute("BEGIN EXCLUSIVE")
+            stalled = pings(receive(sock, 4))
+            journal.execute("COMMIT")
+            released = time.monotonic()
+            after = pings(receive(sock, 3))
+            written = journal.execute("SELECT COUNT(*) FROM steps").fetchone()[0]
+            journal.close()
+            assert before > 0
+            assert after, "pings did not come back once the journal could be written"
+            gap, resumed = max((b - a, b) for a, b in itertools.pairwise([*stalled, *after]))
+            assert gap > 2 * PERIOD_S, "pings went on while the loop was blocked"  # systemd would restart
+            assert resumed >= released  # the silence lasted until the journal could be written
+            assert written > before  # the blocked write went through afterwards
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=60) == 0
+            assert any("STOPPING=1" in text for _, text in receive(sock, 1))
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()
