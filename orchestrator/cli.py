@@ -87,7 +87,8 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _api_url(args: argparse.Namespace) -> str | None:
-    """The daemon's API: --url, else api.listen from --config (api.json beside the journal for port 0)."""
+    """The daemon's API: --url, else api.listen from --config (for port 0: the api.json the daemon
+    wrote beside its journal, looked for beside --journal, then beside the configuration)."""
     if args.url:
         return str(args.url).rstrip("/")
     config = _config(args.config)
@@ -96,12 +97,13 @@ def _api_url(args: argparse.Namespace) -> str | None:
     host, port = config.api.listen.rsplit(":", 1)
     if port != "0":
         return f"http://{host}:{port}"
-    address = args.journal.parent / "api.json"
-    try:
-        return str(json.loads(address.read_text())["url"])
-    except (OSError, ValueError, KeyError):
-        print(f"orchestrator: error: {address}: no running daemon recorded its address", file=sys.stderr)
-        return None
+    for address in (args.journal.parent / "api.json", args.config.parent / "api.json"):
+        try:
+            return str(json.loads(address.read_text())["url"])
+        except (OSError, ValueError, KeyError):
+            continue
+    print(f"orchestrator: error: {address}: no running daemon recorded its address", file=sys.stderr)
+    return None
 
 
 def _get(url: str, path: str) -> Any:

@@ -87,8 +87,21 @@ class Line:
         scope = anyio.CancelScope()
 
         async def guarded(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            """One station's task: a bug that escapes it is logged and the station starts again
+            (the journal holds its board), while every other station goes on."""
             with scope:
-                await runner.run(task_status=task_status)
+                while True:
+                    try:
+                        await runner.run(task_status=task_status)
+                        return
+                    except Exception:
+                        log.exception("station.crashed", station=station.name, restart_in_s=5)
+                        runner.status.state, runner.status.last_error = (
+                            "waiting",
+                            "station crashed: see the log",
+                        )
+                    task_status = anyio.TASK_STATUS_IGNORED
+                    await anyio.sleep(5)
 
         await group.start(guarded)
         self.stations[station.name] = (station, runner, scope)

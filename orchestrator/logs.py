@@ -44,6 +44,7 @@ def configure(log_file: Path | None, *, stdout: bool = True) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact,
+            structlog.processors.format_exc_info,  # the traceback as text: never local variables
             structlog.processors.JSONRenderer(),
         ],
         logger_factory=structlog.PrintLoggerFactory(_Tee(streams)),  # type: ignore[arg-type]

@@ -312,17 +312,20 @@ class StationRunner:
         self.status.counts[board.outcome] += 1
         self.metrics.boards.labels(self.station.name, board.outcome).inc()
         self.status.state = board.outcome.lower()
-        try:
-            await self.cloud.report(
-                self.line.job_id,
-                uid,
-                self._obj(board),
-                outcome="PASS" if board.outcome == "PASS" else "FAIL",
-                step=board.failed_step or 13,
-                reason=board.reason or "",
-            )
-        except CloudError as error:
-            log.warning("board.report_failed", error=str(error))
+        if board.obj_id is None:  # stopped before the cloud gave it an OBJ_ID: nothing to report to
+            log.warning("board.report_skipped", reason="no OBJ_ID")
+        else:
+            try:
+                await self.cloud.report(
+                    self.line.job_id,
+                    uid,
+                    board.obj_id,
+                    outcome="PASS" if board.outcome == "PASS" else "FAIL",
+                    step=board.failed_step or 13,
+                    reason=board.reason or "",
+                )
+            except CloudError as error:
+                log.warning("board.report_failed", error=str(error))
         self.on_done(board)
         log.info(
             "board.done",

@@ -115,8 +115,10 @@ function render(snapshot) {
   document.body.dataset.updated = String(snapshot.time);
 }
 
+let events = null;
+
 function connect() {
-  const events = new EventSource("/api/v1/events");
+  events = new EventSource("/api/v1/events");
   events.addEventListener("status", (event) => render(JSON.parse(event.data)));
   events.addEventListener("board", (event) => {
     const board = JSON.parse(event.data);
@@ -131,4 +133,8 @@ window.addEventListener("DOMContentLoaded", () => {
   $("token").addEventListener("change", () => sessionStorage.setItem("orchestrator-token", $("token").value));
   connect();
 });
-window.renderSnapshot = render; // for layout checks with a synthetic line
+// Layout checks with a synthetic line: live updates stop so they do not redraw the real one.
+window.renderSnapshot = (snapshot) => {
+  if (events) events.close();
+  render(snapshot);
+};
