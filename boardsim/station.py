@@ -196,11 +196,12 @@ class Station:
                 await anyio.sleep(0.1)
 
     async def _acknowledged(self, address: Path, uid: str) -> bool:
-        """Whether the daemon's station shows a result (pass, fail, quarantine) for this board."""
+        """Whether the daemon has a result (PASS, FAIL, QUARANTINE) for this board, as the station's
+        tile or the board's UID on the dashboard shows it to a person."""
         try:
             url = json.loads(await anyio.Path(address).read_text())["url"]
             async with httpx.AsyncClient(timeout=2) as client:
-                status = (await client.get(f"{url}/api/v1/stations/{self.name}")).json()
+                board = (await client.get(f"{url}/api/v1/boards/{uid}")).json()
         except (OSError, ValueError, KeyError, httpx.HTTPError):
             return False  # no daemon running: keep the board until one says so
-        return bool(status.get("uid") == uid and status.get("state") in ("pass", "fail", "quarantine"))
+        return board.get("outcome") in ("PASS", "FAIL", "QUARANTINE")

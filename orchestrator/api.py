@@ -1,7 +1,7 @@
 """The daemon's local HTTP API, dashboard and metrics (aiohttp, in the daemon's event loop).
 
 Read-only and open to anyone who can reach the address (127.0.0.1 by default): the dashboard at /,
-``GET /api/v1/status``, ``GET /api/v1/stations/{name}``, the live event stream
+``GET /api/v1/status``, ``GET /api/v1/stations/{name}``, ``GET /api/v1/boards/{uid}``, the live event stream
 ``GET /api/v1/events`` (server-sent events) and ``GET /metrics`` (Prometheus). Control actions need
 ``Authorization: Bearer <token>`` with the token from ``api.token_file``:
 ``POST /api/v1/stations/{name}/pause|resume|retry|release``. The routes are listed in docs/api.md.
@@ -77,6 +77,7 @@ class Api:
                 web.static("/static", WEB),
                 web.get("/api/v1/status", self.status),
                 web.get("/api/v1/stations/{name}", self.station),
+                web.get("/api/v1/boards/{uid}", self.board),
                 web.post("/api/v1/stations/{name}/{action}", self.action),
                 web.get("/api/v1/events", self.events),
                 web.get("/metrics", self.metrics),
@@ -127,6 +128,12 @@ class Api:
 
     async def station(self, request: web.Request) -> web.Response:
         return web.json_response(self.line.station_status(self._runner_name(request)))
+
+    async def board(self, request: web.Request) -> web.Response:
+        board = self.line.journal.board(request.match_info["uid"].upper())
+        if board is None:
+            raise Refused(404, "No such board", "the journal has no board with this UID")
+        return web.json_response(vars(board))
 
     async def metrics(self, _: web.Request) -> web.Response:
         response = web.Response(body=self.line.metrics.render())

@@ -116,6 +116,15 @@ class Journal:
                 rows = self._db.execute(f"{query} AND job_id = ?", (job_id,)).fetchall()
         return [Board(*row) for row in rows]
 
+    def last_finished(self, station: str) -> Board | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM boards WHERE station = ? AND outcome IS NOT NULL "
+                "ORDER BY finished DESC LIMIT 1",
+                (station,),
+            ).fetchone()
+        return None if row is None else Board(*row)
+
     def unfinished(self, station: str) -> list[Board]:
         """Boards this station started and never finished (a crash, a stop, a swap)."""
         with self._lock:

@@ -238,6 +238,10 @@ class StationRunner:
         # A board left unfinished by a crash may be running its application, silent on both ports:
         # one nRESET brings back the ROM's SecureISP, and the journal says where to resume.
         reset_pending = bool(self.journal.unfinished(self.station.name))
+        last = self.journal.last_finished(self.station.name)
+        if last is not None and last.outcome is not None:  # shown until the next board, as before a restart
+            self._show(last.outcome.lower(), last.uid)
+            self.status.step = last.failed_step
         try:
             while not self.stopping:
                 await self._safe_point()

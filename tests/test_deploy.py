@@ -24,7 +24,7 @@ def exported() -> set[str]:
     """Every sample name the daemon can export (histograms as their three series)."""
     metrics = Metrics()
     metrics.watch(list)
-    names = set()
+    names: set[str] = set()
     for line in metrics.render().decode().splitlines():
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split()

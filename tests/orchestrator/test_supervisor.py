@@ -115,7 +115,8 @@ def test_dashboard_in_chromium_live_updates_pause_and_final_count(demo: Demo) ->
         page.screenshot(path=ARTIFACTS / "dashboard-start.png")
 
         # Live: the tiles' progress and the totals change while nobody reloads.
-        seen_progress, seen_steps = set(), set()
+        seen_progress: set[str] = set()
+        seen_steps: set[str] = set()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (len(seen_progress) < 3 or len(seen_steps) < 3):
             seen_progress.update(
