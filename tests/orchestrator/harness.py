@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,17 @@ import anyio
 
 from orchestrator.demo import _create_job, _prepare, _start, _stations_yaml
 from tests.conftest import venv_tool
+
+
+def count_boards(journal: Path, where: str, *params: str) -> int:
+    """Boards in a (maybe still starting) daemon's journal matching ``where``; 0 before it exists."""
+    if not journal.exists():
+        return 0
+    try:
+        with sqlite3.connect(journal) as db:
+            return int(db.execute(f"SELECT COUNT(*) FROM boards WHERE {where}", params).fetchone()[0])  # noqa: S608  # tests' own clauses
+    except sqlite3.OperationalError:  # the daemon has created the file but not yet its tables
+        return 0
 
 
 @dataclass

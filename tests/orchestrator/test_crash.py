@@ -14,20 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import venv_tool
-from tests.orchestrator.harness import simulated_line
+from tests.orchestrator.harness import count_boards, simulated_line
 
 STATIONS, BOARDS = 2, 2
 
 
 def finished(journal: Path) -> int:
-    if not journal.exists():
-        return 0
-    with sqlite3.connect(journal) as db:
-        return int(
-            db.execute(
-                "SELECT COUNT(*) FROM boards WHERE outcome IN ('PASS','FAIL','QUARANTINE')"
-            ).fetchone()[0]
-        )
+    return count_boards(journal, "outcome IN ('PASS','FAIL','QUARANTINE')")
 
 
 def test_sigkill_at_many_points_then_resume(tmp_path: Path) -> None:

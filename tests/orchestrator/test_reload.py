@@ -11,15 +11,11 @@ from pathlib import Path
 
 import yaml
 
-from tests.orchestrator.harness import simulated_line
+from tests.orchestrator.harness import count_boards, simulated_line
 
 
 def passed(journal: Path, station: str) -> int:
-    if not journal.exists():
-        return 0
-    with sqlite3.connect(journal) as db:
-        query = "SELECT COUNT(*) FROM boards WHERE outcome = 'PASS' AND station = ?"
-        return int(db.execute(query, (station,)).fetchone()[0])
+    return count_boards(journal, "outcome = 'PASS' AND station = ?", station)
 
 
 def wait(condition: object, limit: float = 120) -> None:
