@@ -35,10 +35,13 @@ class ProbeFailure(Exception):
 class _Target:
     """The board's FMC driven through pyOCD, the way the ROM's own code would drive it."""
 
-    def __init__(self, session: Any, target_profile: TargetProfile) -> None:
+    def __init__(
+        self, session: Any, target_profile: TargetProfile, progress: Callable[[float], None] | None = None
+    ) -> None:
         self.session = session
         self.t = session.target
         self.p = target_profile
+        self.progress = progress or (lambda _: None)
 
     def unlock(self) -> None:
         for value in self.p.unlock_sequence:
@@ -88,7 +91,7 @@ class _Target:
     def flash(self, address: int, data: bytes) -> None:
         from pyocd.flash.loader import MemoryLoader  # noqa: PLC0415
 
-        loader = MemoryLoader(self.session, smart_flash=False)
+        loader = MemoryLoader(self.session, progress=self.progress, smart_flash=False)
         loader.add_data(address, list(data))
         loader.commit()
 
@@ -97,6 +100,20 @@ class _Target:
 
     def reset(self) -> None:
         self.t.reset_and_halt()
+
+
+def _one_bar(send: Callable[[float], None]) -> Callable[[float], None]:
+    """pyOCD reports a flash as two runs of 0..1 (erase, then program): send them as one."""
+    runs, last = 0, 0.0
+
+    def report(done: float) -> None:
+        nonlocal runs, last
+        if done < last:
+            runs = min(runs + 1, 1)
+        last = done
+        send(min(1.0, (runs + done) / 2))
+
+    return report
 
 
 def _pulse_reset(unique_id: str, options: dict[str, Any]) -> None:  # pragma: no cover - in the worker
@@ -167,7 +184,9 @@ def serve(  # noqa: PLR0915  # the worker's one dispatch loop, kept in one place
                 if session is None:
                     raise ProbeFailure("probe", f"no probe {unique_id}")
                 session.open()
-            target = _Target(session, target_profile)
+            target = _Target(
+                session, target_profile, _one_bar(lambda done: connection.send(("progress", done)))
+            )
             if operation == "lock_and_reset":
                 lock = target_profile.debug_lock
                 target.program_words(lock.config_address, [0xFFFFFFFF & ~lock.mask])
@@ -240,7 +259,10 @@ class ProbeWorker:
         self.restarts += 1
         self._on_restart()
 
-    async def call(self, operation: str, *args: Any, limit_s: float) -> Any:
+    async def call(
+        self, operation: str, *args: Any, limit_s: float, on_progress: Callable[[float], None] | None = None
+    ) -> Any:
+        """Run one operation in the worker; ``on_progress(0..1)`` hears how a flash goes."""
         async with self._lock:
             if self._process is None or not self._process.is_alive():
                 if self._process is not None:
@@ -257,6 +279,9 @@ class ProbeWorker:
             try:
                 with anyio.fail_after(limit_s):
                     answer = await anyio.to_thread.run_sync(connection.recv, abandon_on_cancel=True)
+                    while answer[0] == "progress":
+                        (on_progress or (lambda _: None))(float(answer[1]))
+                        answer = await anyio.to_thread.run_sync(connection.recv, abandon_on_cancel=True)
             except TimeoutError:
                 self._restarted()
                 self.kill()  # a hung probe: kill and start afresh next time

@@ -189,7 +189,12 @@ class StationRunner:
         return result
 
     async def debug(self, operation: str, *args: Any) -> Any:
-        return await self.probe.call(operation, *args, limit_s=self.line.defaults.debug.timeout_s)
+        return await self.probe.call(
+            operation, *args, limit_s=self.line.defaults.debug.timeout_s, on_progress=self._progress
+        )
+
+    def _progress(self, done: float) -> None:
+        self.status.progress = done
 
     # -- finding a board ---------------------------------------------------------------------------
 
@@ -395,8 +400,10 @@ class StationRunner:
 
         async def program() -> None:
             base = p.bootloader_slot.base
+            self.status.progress = 0.0
             if await self.debug("read_memory", base, len(signed.image)) != signed.image:
                 await self.debug("flash", base, signed.image)
+            self.status.progress = 1.0
             if await self.debug("read_memory", base, len(signed.image)) != signed.image:
                 raise ProbeFailure("failed", "the bootloader did not read back")
 

@@ -86,7 +86,7 @@ class FakeProbe:
         self.fixture = fixture
         self.on_call = on_call or (lambda operation: None)
 
-    async def call(self, operation: str, *args: Any, limit_s: float) -> Any:
+    async def call(self, operation: str, *args: Any, limit_s: float, on_progress: Any = None) -> Any:
         self.on_call(operation)
         board = self.fixture.board
         if board.debug_locked:
@@ -255,7 +255,7 @@ def test_probe_unplugged_mid_flash_is_retried_and_passes(tmp_path: Path) -> None
         unplugged: list[bool] = []
         flash = probe.call
 
-        async def call(operation: str, *args: Any, limit_s: float) -> Any:
+        async def call(operation: str, *args: Any, limit_s: float, on_progress: Any = None) -> Any:
             if operation == "flash" and not unplugged:
                 address, data = args
                 await flash(
