@@ -30,7 +30,7 @@ from orchestrator.api import Api, read_token, write_address
 from orchestrator.config import ConfigError, LineConfig, Station, load
 from orchestrator.journal import Board, Journal
 from orchestrator.metrics import Metrics
-from orchestrator.report import totals
+from orchestrator.report import LineTotals
 from orchestrator.station import StationRunner
 from orchestrator.steps import BY_NUMBER
 
@@ -64,6 +64,7 @@ class Line:
         self.api: Api | None = None
         self.serving = anyio.Event()  # set once the API listens
         self._snapshot: tuple[float, dict[str, Any]] = (0.0, {})
+        self.totals = LineTotals(journal, config.job_id)
         self._progress: dict[str, tuple[tuple[Any, ...], float]] = {}
 
     def __repr__(self) -> str:
@@ -238,6 +239,7 @@ class Line:
             {"uid": board.uid, "station": board.station, "outcome": board.outcome,
              "failed_step": board.failed_step, "reason": board.reason, "time": board.finished}
         )  # fmt: skip
+        self.totals.finished(board)
         self._snapshot = (0.0, {})
         self._on_done()
 
@@ -262,7 +264,7 @@ class Line:
                     "job_id": self.config.job_id,
                     "time": time.time(),
                     "stations": [self.station_status(name) for name in sorted(self.stations)],
-                    "totals": totals(self.journal.finished(self.config.job_id)),
+                    "totals": self.totals.as_dict(),
                 },
             )
         return self._snapshot[1]
@@ -285,6 +287,7 @@ class Line:
                     f"station {name} has no {wanted} board {uid or ''} to {action}".replace("  ", " ")
                 )
             self.journal.reopen(board.uid, name, action, reason or "retry requested")
+            self.totals.reopened(wanted, board.failed_step)
             runner.status.counts[wanted] -= 1
             log.warning(f"board.{action}", station=name, uid=board.uid, reason=reason or "retry requested",
                         previous_outcome=wanted, previous_reason=board.reason)  # fmt: skip

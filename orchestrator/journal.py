@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS steps (
     phase TEXT NOT NULL, attempt INTEGER, outcome TEXT, outputs TEXT, time REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS steps_uid ON steps (uid, step);
+CREATE INDEX IF NOT EXISTS boards_job ON boards (job_id, outcome, finished);
 """
 FINAL = ("PASS", "FAIL", "QUARANTINE")
 
@@ -115,6 +116,26 @@ class Journal:
             else:
                 rows = self._db.execute(f"{query} AND job_id = ?", (job_id,)).fetchall()
         return [Board(*row) for row in rows]
+
+    def outcome_counts(self, job_id: str) -> list[tuple[str, int | None, int, float | None]]:
+        """(outcome, failed_step, boards, earliest start) of a job's finished boards."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT outcome, failed_step, COUNT(*), MIN(started) FROM boards "
+                "WHERE job_id = ? AND outcome IN ('PASS','FAIL','QUARANTINE') GROUP BY outcome, failed_step",
+                (job_id,),
+            ).fetchall()
+        return [(outcome, step, count, first) for outcome, step, count, first in rows]
+
+    def finished_since(self, job_id: str, since: float) -> int:
+        """A job's boards finished after ``since`` (an index range, however long the job)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM boards WHERE job_id = ? AND outcome IN ('PASS','FAIL','QUARANTINE') "
+                "AND finished > ?",
+                (job_id, since),
+            ).fetchone()
+        return int(row[0])
 
     def last_finished(self, station: str) -> Board | None:
         with self._lock:

@@ -44,34 +44,65 @@ def _board(journal: Journal, board: Board) -> dict[str, Any]:
     }
 
 
-def totals(boards: list[Board], *, now: float | None = None) -> dict[str, Any]:
-    """Line totals of finished boards: counts, yield, boards per hour, failures by step."""
-    now = time.time() if now is None else now
-    outcomes = Counter(board.outcome for board in boards)
-    finished = len(boards)
-    recent = [b.finished for b in boards if b.finished is not None and b.finished > now - 3600]
-    first = min((b.started or now for b in boards), default=now)
-    window_h = max(min(now - first, 3600.0), 60.0) / 3600  # the last hour, or since the first board
-    failures = Counter(b.failed_step for b in boards if b.outcome != "PASS" and b.failed_step is not None)
-    return {
-        "pass": outcomes["PASS"],
-        "fail": outcomes["FAIL"],
-        "quarantine": outcomes["QUARANTINE"],
-        "finished": finished,
-        "yield": round(outcomes["PASS"] / finished, 4) if finished else None,
-        "boards_per_hour": round(len(recent) / window_h, 1),
-        "failures_by_step": [
-            {"step": step, "name": BY_NUMBER[step].name, "count": count}
-            for step, count in failures.most_common()
-            if step in BY_NUMBER
-        ],
-    }
+class LineTotals:
+    """A job's totals (counts, yield, boards per hour, failures by step), counted once from the
+    journal and then kept up to date as boards finish or go back to the line: the status API asks
+    four times a second, and a job may hold 100 000 boards (bench/status_totals.py)."""
+
+    def __init__(self, journal: Journal, job_id: str) -> None:
+        self.journal, self.job_id = journal, job_id
+        rows = journal.outcome_counts(job_id)
+        self.counts: Counter[tuple[str, int | None]] = Counter({(o, step): n for o, step, n, _ in rows})
+        self.first = min((started for *_, started in rows if started is not None), default=None)
+        self._recent: tuple[float, int] = (float("-inf"), 0)
+
+    def __repr__(self) -> str:
+        return f"<LineTotals {self.job_id} {sum(self.counts.values())} boards>"
+
+    def finished(self, board: Board) -> None:
+        if board.job_id == self.job_id and board.outcome is not None:
+            self.counts[board.outcome, board.failed_step] += 1
+            if board.started is not None:
+                self.first = board.started if self.first is None else min(self.first, board.started)
+            self._recent = (float("-inf"), 0)
+
+    def reopened(self, outcome: str, failed_step: int | None) -> None:
+        self.counts[outcome, failed_step] -= 1
+        self._recent = (float("-inf"), 0)
+
+    def as_dict(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        if now - self._recent[0] > 5:  # boards per hour moves with the clock: counted every 5 s
+            self._recent = (now, self.journal.finished_since(self.job_id, now - 3600))
+        outcomes: Counter[str] = Counter()
+        failures: Counter[int] = Counter()
+        for (outcome, step), count in self.counts.items():
+            outcomes[outcome] += count
+            if outcome != "PASS" and step in BY_NUMBER:
+                failures[step] += count
+        finished = sum(outcomes.values())
+        first = self.first if self.first is not None else now
+        window_h = max(min(now - first, 3600.0), 60.0) / 3600  # the last hour, or since the first board
+        return {
+            "pass": outcomes["PASS"],
+            "fail": outcomes["FAIL"],
+            "quarantine": outcomes["QUARANTINE"],
+            "finished": finished,
+            "yield": round(outcomes["PASS"] / finished, 4) if finished else None,
+            "boards_per_hour": round(self._recent[1] / window_h, 1),
+            "failures_by_step": [
+                {"step": step, "name": BY_NUMBER[step].name, "count": count}
+                for step, count in failures.most_common()
+                if count > 0
+            ],
+        }
 
 
 def report(journal: Journal, job_id: str | None = None, *, wall_s: float | None = None) -> dict[str, Any]:
     finished = sorted(journal.finished(job_id), key=lambda b: (b.station or "", b.started or 0))
-    line = totals(finished)
-    summary: dict[str, Any] = {key: line[key] for key in ("pass", "fail", "quarantine")}
+    summary: dict[str, Any] = {
+        key.lower(): sum(board.outcome == key for board in finished) for key in ("PASS", "FAIL", "QUARANTINE")
+    }
     if wall_s is not None:
         summary["wall_s"] = round(wall_s, 2)
     return {"boards": [_board(journal, board) for board in finished], "totals": summary}
