@@ -145,16 +145,17 @@ class Api:
         finished board); a comment every 15 s keeps proxies from closing the stream."""
         response = web.StreamResponse(headers={**HEADERS, "Content-Type": "text/event-stream"})
         await response.prepare(request)
-        sent, seen, quiet = "", len(self.line.board_events), 0.0
+        sent, seen, quiet = "", self.line.boards_done, 0.0
         try:
             while True:
                 snapshot = json.dumps(self.line.snapshot())
                 if snapshot != sent:
                     await response.write(f"event: status\ndata: {snapshot}\n\n".encode())
                     sent, quiet = snapshot, 0.0
-                for event in self.line.board_events[seen:]:
-                    await response.write(f"event: board\ndata: {json.dumps(event)}\n\n".encode())
-                seen = len(self.line.board_events)
+                for number, event in list(self.line.board_events):
+                    if number > seen:
+                        await response.write(f"event: board\ndata: {json.dumps(event)}\n\n".encode())
+                        seen = number
                 if quiet >= 15:
                     await response.write(b": keep-alive\n\n")
                     quiet = 0.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -60,7 +61,8 @@ class Line:
         self._on_done: Any = lambda: None
         self._stop_timeout_s = 30.0
         self._reload_lock = anyio.Lock()
-        self.board_events: list[dict[str, Any]] = []
+        self.boards_done = 0  # since the daemon started; numbers the event stream's board events
+        self.board_events: deque[tuple[int, dict[str, Any]]] = deque(maxlen=256)  # the latest only
         self.api: Api | None = None
         self.serving = anyio.Event()  # set once the API listens
         self._snapshot: tuple[float, dict[str, Any]] = (0.0, {})
@@ -235,10 +237,10 @@ class Line:
     # -- status, actions, watchdog -------------------------------------------------------------------
 
     def _board_done(self, board: Board) -> None:
-        self.board_events.append(
-            {"uid": board.uid, "station": board.station, "outcome": board.outcome,
-             "failed_step": board.failed_step, "reason": board.reason, "time": board.finished}
-        )  # fmt: skip
+        self.boards_done += 1
+        fields = ("uid", "station", "outcome", "failed_step", "reason")
+        event = {name: getattr(board, name) for name in fields} | {"time": board.finished}
+        self.board_events.append((self.boards_done, event))
         self.totals.finished(board)
         self._snapshot = (0.0, {})
         self._on_done()
@@ -287,17 +289,15 @@ class Line:
                     f"station {name} has no {wanted} board {uid or ''} to {action}".replace("  ", " ")
                 )
             self.journal.reopen(board.uid, name, action, reason or "retry requested")
-            self.totals.reopened(wanted, board.failed_step)
-            runner.status.counts[wanted] -= 1
+            self.totals.reopened(wanted, board.failed_step)  # the station's own counts keep their history
             log.warning(f"board.{action}", station=name, uid=board.uid, reason=reason or "retry requested",
                         previous_outcome=wanted, previous_reason=board.reason)  # fmt: skip
         self._snapshot = (0.0, {})
         return self.station_status(name)
 
     def _status_line(self) -> str:
-        done = self.journal.finished(self.config.job_id)
-        passed = sum(board.outcome == "PASS" for board in done)
-        return f"{len(self.stations)} stations, {passed}/{len(done)} boards passed"
+        totals = self.totals.as_dict()
+        return f"{len(self.stations)} stations, {totals['pass']}/{totals['finished']} boards passed"
 
     def progressing(self) -> bool:
         """False when a station busy with a board has shown no change for ``api.stall_s``."""

@@ -17,6 +17,7 @@ import shlex
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -284,11 +285,26 @@ def test_runbook_commands_run_against_the_line(demo: Demo) -> None:
     report = demo.wait_report()
     (failed,) = [b for b in report["boards"] if b["outcome"] == "FAIL"]
     # A board carrying an OBJ_ID the cloud never gave: QUARANTINE at step 1, for the release command.
+    # The event stream, open meanwhile, tells of it.
+    stream: list[str] = []
+
+    def listen() -> None:
+        with httpx.stream("GET", f"{demo.url}/api/v1/events", timeout=90) as response:
+            for line in response.iter_lines():
+                stream.append(line)
+                if '"outcome": "QUARANTINE"' in line and stream[-2] == "event: board":
+                    return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    wait_for(lambda: "event: status" in stream, 10, "the event stream")
     insert = '{"op": "insert", "station": "station-03", "kind": "objid"}'
-    subprocess.run(
-        [venv_tool("boardsim"), "ctl", "--state-dir", str(demo.workdir / "boards"), insert], check=True
-    )
+    ctl = [venv_tool("boardsim"), "ctl", "--state-dir", str(demo.workdir / "boards"), insert]
+    subprocess.run(ctl, check=True)
     wait_for(lambda: demo.station("station-03")["state"] == "quarantine", 60, "the quarantine on station-03")
+    listener.join(timeout=30)
+    assert stream[-2] == "event: board", stream[-4:]
+    assert json.loads(stream[-1].removeprefix("data: "))["station"] == "station-03"
     quarantined = demo.station("station-03")["uid"]
     units = {unit.name.removesuffix(".service") for unit in (DEPLOY / "systemd").glob("*.service")}
     log = demo.workdir / "logs" / "orchestrator.jsonl"
