@@ -80,8 +80,11 @@ def run_command(args: argparse.Namespace) -> int:
     logs.configure(args.log_file)
     try:
         anyio.run(functools.partial(run, config, args.journal, config_path=args.config))
-    except ApiError as error:
-        print(f"orchestrator: error: {args.config}: {error}", file=sys.stderr)
+    except Exception as error:
+        failure = _first(error, ApiError)
+        if failure is None:
+            raise
+        print(f"orchestrator: error: {args.config}: {failure}", file=sys.stderr)
         return 2
     return 0
 
@@ -216,9 +219,21 @@ def demo_command(args: argparse.Namespace) -> int:
             api_port=args.api_port,
             hold=args.hold,
         )
-    except ApiError as error:
-        print(f"orchestrator demo: error: {error} (choose another with --api-port)", file=sys.stderr)
+    except Exception as error:
+        failure = _first(error, ApiError)  # raised inside the demo's task group
+        if failure is None:
+            raise
+        print(f"orchestrator demo: error: {failure} (choose another with --api-port)", file=sys.stderr)
         return 2
+
+
+def _first(error: BaseException, kind: type[Exception]) -> BaseException | None:
+    """``error`` itself or the first of its kind inside an exception group."""
+    if isinstance(error, kind):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        return next((found for inner in error.exceptions if (found := _first(inner, kind))), None)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 
@@ -70,3 +71,18 @@ def test_a_quota_refusal_fails_that_board_once_without_a_retry_storm(tmp_path: P
     refusals = [json.loads(line) for line in audit.stdout.splitlines() if '"refuse"' in line]
     assert len(refusals) == 1
     assert refusals[0]["uid"] == refused["uid"]
+
+
+def test_a_taken_dashboard_port_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [venv_tool("orchestrator"), "demo", "--workdir", str(tmp_path / "run"), "--stations", "1",
+             "--boards", "1", "--api-port", str(port)],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"api.listen 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
