@@ -37,7 +37,7 @@ ACTIONS = ("pause", "resume", "retry", "release")
 
 
 class ApiError(Exception):
-    """The API could not listen where stations.yaml says (the port is taken, the address is wrong)."""
+    """The API cannot start: its address is taken or wrong, or its token file is unusable."""
 
 
 class Refused(Exception):
@@ -55,11 +55,15 @@ def _problem(status: int, title: str, detail: str) -> web.Response:
 
 
 def read_token(path: Path | None) -> str | None:
+    """The control token from ``api.token_file``; ApiError (naming the file) when it is unusable."""
     if path is None:
         return None
-    token = path.read_text().strip()
+    try:
+        token = path.read_text().strip()
+    except OSError as error:
+        raise ApiError(f"api.token_file {path}: {error.strerror}") from None
     if len(token) < 16:
-        raise ValueError(f"{path}: the API token must be at least 16 characters")
+        raise ApiError(f"api.token_file {path}: the API token must be at least 16 characters")
     if path.stat().st_mode & 0o077:
         log.warning("api.token_file_readable", file=str(path), hint="chmod 600")
     return token

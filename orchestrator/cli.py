@@ -154,13 +154,17 @@ def status_command(args: argparse.Namespace) -> int:
 def station_command(args: argparse.Namespace) -> int:
     import httpx  # noqa: PLC0415
 
-    from orchestrator.api import read_token  # noqa: PLC0415
+    from orchestrator.api import ApiError, read_token  # noqa: PLC0415
 
     config = _config(args.config)
     url = _api_url(args)
     if config is None or url is None:
         return 2
-    token = read_token(config.api.token_file)
+    try:
+        token = read_token(config.api.token_file)
+    except ApiError as error:
+        print(f"orchestrator: error: {error}", file=sys.stderr)
+        return 2
     if token is None:
         print(f"orchestrator: error: {args.config}: api.token_file is not set", file=sys.stderr)
         return 2

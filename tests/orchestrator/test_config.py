@@ -93,3 +93,17 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_the_shipped_stations_yaml_is_valid() -> None:
     load(Path(__file__).parent.parent.parent / "stations.yaml")
+
+
+def test_an_unusable_token_file_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(
+        tmp_path, GOOD.replace("stations:\n", "api:\n  token_file: secret/api-token\nstations:\n", 1)
+    )
+    assert main(["station", "pause", "s1", "--config", str(config)]) == 2
+    assert f"api.token_file {tmp_path / 'secret' / 'api-token'}: No such file" in capsys.readouterr().err
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "api-token").write_text("short\n")
+    assert main(["station", "pause", "s1", "--config", str(config)]) == 2
+    assert "at least 16 characters" in capsys.readouterr().err
