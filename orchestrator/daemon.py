@@ -32,7 +32,7 @@ from orchestrator.config import ConfigError, LineConfig, Station, load
 from orchestrator.journal import Board, Journal
 from orchestrator.metrics import Metrics
 from orchestrator.report import LineTotals
-from orchestrator.station import StationRunner
+from orchestrator.station import StationRunner, send_result
 from orchestrator.steps import BY_NUMBER
 
 log = structlog.get_logger("orchestrator")
@@ -203,6 +203,7 @@ class Line:
                 if station.enabled:
                     await self._start_station(group, station)
             systemd.notify("READY=1", f"STATUS={self._status_line()}")
+            group.start_soon(self._send_pending_forever)
             period = systemd.watchdog_period()
             if period is not None:
                 group.start_soon(self._watchdog, period)
@@ -314,6 +315,23 @@ class Line:
                 )
                 return False
         return True
+
+    async def send_pending(self, settle_s: float = 60) -> int:
+        """Send the results the cloud missed (it was away when the board finished); how many went.
+        Boards finished in the last ``settle_s`` are left to their station, which is sending them."""
+        sent = 0
+        for board in self.journal.unreported(self.config.job_id, time.time() - settle_s):
+            if not await send_result(self.journal, self.cloud, board, log):
+                break  # still away: try again next round
+            sent += 1
+        if sent:
+            log.info("results.sent_late", boards=sent)
+        return sent
+
+    async def _send_pending_forever(self, every_s: float = 30) -> None:
+        while True:
+            await self.send_pending()
+            await anyio.sleep(every_s)
 
     async def _watchdog(self, period: float) -> None:
         """WATCHDOG=1 from the event loop, after the progress check, every half period."""

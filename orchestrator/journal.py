@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS boards (
     uid TEXT PRIMARY KEY, obj_id TEXT, station TEXT, job_id TEXT,
     bootloader_key TEXT, application_key TEXT,
     outcome TEXT, failed_step INTEGER, reason TEXT,
-    started REAL, finished REAL
+    started REAL, finished REAL, reported REAL
 );
 CREATE TABLE IF NOT EXISTS steps (
     id INTEGER PRIMARY KEY AUTOINCREMENT, uid TEXT NOT NULL, station TEXT, step INTEGER NOT NULL,
@@ -46,6 +46,7 @@ class Board:
     reason: str | None = None
     started: float | None = None
     finished: float | None = None
+    reported: float | None = None  # when the cloud took the result (results wait here until then)
 
 
 class Journal:
@@ -57,6 +58,9 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(boards)")}
+        if "reported" not in columns:  # a journal written before results were kept for the cloud
+            self._db.execute("ALTER TABLE boards ADD COLUMN reported REAL")
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -137,6 +141,20 @@ class Journal:
             ).fetchone()
         return int(row[0])
 
+    def mark_reported(self, uid: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE boards SET reported = ? WHERE uid = ?", (time.time(), uid))
+
+    def unreported(self, job_id: str, before: float, limit: int = 50) -> list[Board]:
+        """Boards finished before ``before`` whose result the cloud has not taken (it was away)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM boards WHERE job_id = ? AND outcome IN ('PASS','FAIL','QUARANTINE') "
+                "AND obj_id IS NOT NULL AND reported IS NULL AND finished < ? ORDER BY finished LIMIT ?",
+                (job_id, before, limit),
+            ).fetchall()
+        return [Board(*row) for row in rows]
+
     def last_finished(self, station: str) -> Board | None:
         with self._lock:
             row = self._db.execute(
@@ -161,7 +179,7 @@ class Journal:
         if board is None:
             raise KeyError(uid)
         previous = {"outcome": board.outcome, "failed_step": board.failed_step, "reason": board.reason}
-        board.outcome = board.failed_step = board.reason = board.finished = None
+        board.outcome = board.failed_step = board.reason = board.finished = board.reported = None
         self.save(board)
         self.event(
             uid, station, 0, "operator", outcome=action, outputs={"reason": reason, "previous": previous}

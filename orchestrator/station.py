@@ -73,6 +73,25 @@ class StationStatus:
     counts: dict[str, int] = field(default_factory=lambda: {"PASS": 0, "FAIL": 0, "QUARANTINE": 0})
 
 
+async def send_result(journal: Journal, cloud: CloudClient, board: Board, log: Any) -> bool:
+    """Report a finished board to the cloud; the journal keeps it unreported until the cloud takes
+    it (the daemon sends what is left later: Line.send_pending). The cloud takes a repeat once."""
+    try:
+        await cloud.report(
+            board.job_id or "",
+            board.uid,
+            board.obj_id or "",
+            outcome="PASS" if board.outcome == "PASS" else "FAIL",
+            step=board.failed_step or 13,
+            reason=board.reason or "",
+        )
+    except CloudError as error:
+        log.warning("board.report_failed", uid=board.uid, error=str(error), kept="in the journal, sent later")
+        return False
+    journal.mark_reported(board.uid)
+    return True
+
+
 class StationRunner:
     def __init__(
         self,
@@ -324,17 +343,7 @@ class StationRunner:
         if board.obj_id is None:  # stopped before the cloud gave it an OBJ_ID: nothing to report to
             log.warning("board.report_skipped", reason="no OBJ_ID")
         else:
-            try:
-                await self.cloud.report(
-                    self.line.job_id,
-                    uid,
-                    board.obj_id,
-                    outcome="PASS" if board.outcome == "PASS" else "FAIL",
-                    step=board.failed_step or 13,
-                    reason=board.reason or "",
-                )
-            except CloudError as error:
-                log.warning("board.report_failed", error=str(error))
+            await send_result(self.journal, self.cloud, board, log)
         self.on_done(board)
         log.info(
             "board.done",

@@ -7,6 +7,7 @@ model (a fake with the worker's interface), the real UART as a pseudo-terminal, 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,7 +28,8 @@ from cloudserver.settings import load as load_settings
 from cloudserver.settings import write_default
 from nuwire.keys import raw_public_key
 from nuwire.profiles import M2354
-from orchestrator.config import LineConfig
+from orchestrator.config import LineConfig, Retry, StepClass
+from orchestrator.daemon import Line
 from orchestrator.journal import Journal
 from orchestrator.probe_worker import ProbeFailure, _Target
 from orchestrator.station import StationRunner
@@ -293,5 +295,42 @@ def test_cloud_answering_503_for_ten_seconds_is_retried_and_passes(tmp_path: Pat
         await runner.provision(old.uid_text, "debug")
         assert anyio.current_time() - started >= 10  # it waited the outage out
         assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
+
+    anyio.run(_line, tmp_path, scenario)
+
+
+def test_a_result_the_cloud_missed_is_kept_and_sent_later(tmp_path: Path) -> None:
+    """Results are kept in the journal first: one the cloud did not take (it was down, or the daemon
+    died between the board finishing and the report) goes when the cloud answers again, once."""
+
+    async def scenario(
+        runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
+    ) -> None:
+        runner.probe = FakeProbe(fixture)  # type: ignore[assignment]
+        await runner.provision(old.uid_text, "debug")
+        board = journal.board(old.uid_text)
+        assert board is not None
+        assert board.outcome == "PASS"
+        assert board.reported is not None  # the station's own report went through
+        journal.save(dataclasses.replace(board, reported=None))  # as a crash before the report leaves it
+        pki = Path(str(runner.line.cloud.ca)).parent
+        async with CloudClient(
+            runner.line.cloud.url, client_context(pki / "admin.crt", pki / "admin.key", pki / "ca.crt")
+        ) as admin:
+            before = len((await admin.device(old.uid_text))["results"])
+            once = Retry(attempts=1, backoff_s=0.1)  # give up at once: the next round sends it
+            defaults = runner.line.defaults.model_copy(update={"cloud": StepClass(timeout_s=5, retry=once)})
+            line = Line(runner.line.model_copy(update={"defaults": defaults}), journal)
+            await admin.maintenance(3)
+            assert await line.send_pending(settle_s=0) == 0  # the cloud is away: kept for later
+            assert journal.board(old.uid_text).reported is None  # type: ignore[union-attr]
+            await anyio.sleep(3.5)
+            assert await line.send_pending(settle_s=0) == 1
+            assert await line.send_pending(settle_s=0) == 0  # sent once
+            await line.cloud.aclose()
+            results = (await admin.device(old.uid_text))["results"]
+        assert journal.board(old.uid_text).reported is not None  # type: ignore[union-attr]
+        assert len(results) == before  # the cloud already had this very result: not recorded twice
+        assert results[-1]["outcome"] == "PASS"
 
     anyio.run(_line, tmp_path, scenario)
