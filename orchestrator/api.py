@@ -10,6 +10,7 @@ Read-only and open to anyone who can reach the address (127.0.0.1 by default): t
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -69,9 +70,27 @@ def read_token(path: Path | None) -> str | None:
     return token
 
 
+def _host_name(host: str) -> str:
+    """The name part of a Host header: "[::1]:8470" -> "::1", "Line-PC:8470" -> "line-pc"."""
+    if host.startswith("["):
+        return host[1 : host.find("]")].lower()
+    return host.rsplit(":", 1)[0].lower() if host.count(":") == 1 else host.lower()
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 class Api:
-    def __init__(self, line: Line, token: str | None) -> None:
+    def __init__(self, line: Line, token: str | None, allowed_hosts: list[str] | None = None) -> None:
+        """``allowed_hosts``: names a browser may use in Host besides IP addresses and localhost
+        (a name a reverse proxy passes on); any other name is refused, which stops DNS rebinding."""
         self.line, self._token = line, token
+        self._hosts = {"localhost", *(name.lower() for name in allowed_hosts or [])}
         self.url = ""
         self._runner: web.AppRunner | None = None
         self.app = web.Application(middlewares=[self._errors])
@@ -94,6 +113,11 @@ class Api:
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            name = _host_name(request.host)
+            if not _is_ip(name) and name not in self._hosts:
+                raise Refused(
+                    421, "Unknown host", f"{name!r} is not this daemon's name: see api.allowed_hosts"
+                )
             response = await handler(request)
         except Refused as refused:
             response = _problem(refused.status, refused.title, refused.detail)

@@ -82,6 +82,9 @@ class Api(_Strict):
     stall_s: float = Field(
         default=300, gt=0, le=3600, description="a station whose status stands still this long is stuck"
     )
+    allowed_hosts: list[str] = Field(
+        default=[], description="host names (besides IP addresses and localhost) the API answers to"
+    )
 
 
 class LineConfig(_Strict):

@@ -195,7 +195,7 @@ class Line:
     ) -> None:
         stop_timeout_s = self._stop_timeout_s
         token = read_token(self.config.api.token_file)
-        self.api = Api(self, token)
+        self.api = Api(self, token, self.config.api.allowed_hosts)
         write_address(self._address_file, await self.api.start(self.config.api.listen))
         self.serving.set()
         async with anyio.create_task_group() as group:

@@ -251,6 +251,9 @@ def test_metrics_pass_promtool_and_count_the_run(demo: Demo) -> None:
 
 def test_control_actions_need_the_token_and_go_to_the_journal(demo: Demo) -> None:
     report = demo.wait_report()
+    rebound = httpx.get(f"{demo.url}/api/v1/status", headers={"Host": "rebind.example"}, timeout=10)
+    assert rebound.status_code == 421  # a page on another name that resolves to 127.0.0.1 reads nothing
+    assert httpx.get(demo.url.replace("127.0.0.1", "localhost") + "/api/v1/status", timeout=10).is_success
     url = f"{demo.url}/api/v1/stations/station-01/pause"
     assert httpx.post(url, timeout=10).status_code == 401
     assert (
