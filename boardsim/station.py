@@ -171,37 +171,40 @@ class Station:
         self.probe.port.attach(None, None)
 
     async def run_operator(self) -> None:
-        while True:
-            if self.board is None:
-                if not self.queue:
-                    await anyio.sleep(0.05)
+        async with httpx.AsyncClient(timeout=2) as client:  # one per station, for the daemon's API
+            while True:
+                if self.board is None:
+                    if not self.queue:
+                        await anyio.sleep(0.05)
+                        continue
+                    await anyio.sleep(self.operator.handling_delay_s)
+                    self.insert(self.queue.popleft())
                     continue
-                await anyio.sleep(self.operator.handling_delay_s)
-                self.insert(self.queue.popleft())
-                continue
-            now = anyio.current_time()
-            seen = (self.probe_server.packets, self.uart.stats.bytes_in)
-            if seen != self._seen:
-                self._seen, self._last_traffic = seen, now
-            if self.operator.acknowledge_from is not None:
-                done = await self._acknowledged(self.operator.acknowledge_from, self.board.uid_text)
-            else:
-                done = self.board.booted == "application"
-            if done:
-                await anyio.sleep(self.operator.removal_delay_s)
-                self.remove()
-            elif now - self._last_traffic > self.operator.idle_removal_s:
-                self.remove()
-            else:
-                await anyio.sleep(0.1)
+                now = anyio.current_time()
+                seen = (self.probe_server.packets, self.uart.stats.bytes_in)
+                if seen != self._seen:
+                    self._seen, self._last_traffic = seen, now
+                if self.operator.acknowledge_from is not None:
+                    done = await self._acknowledged(
+                        client, self.operator.acknowledge_from, self.board.uid_text
+                    )
+                else:
+                    done = self.board.booted == "application"
+                if done:
+                    await anyio.sleep(self.operator.removal_delay_s)
+                    self.remove()
+                elif now - self._last_traffic > self.operator.idle_removal_s:
+                    self.remove()
+                else:
+                    await anyio.sleep(0.1)
 
-    async def _acknowledged(self, address: Path, uid: str) -> bool:
+    async def _acknowledged(self, client: httpx.AsyncClient, address: Path, uid: str) -> bool:
         """Whether the daemon has a result (PASS, FAIL, QUARANTINE) for this board, as the station's
-        tile or the board's UID on the dashboard shows it to a person."""
+        tile or the board's UID on the dashboard shows it to a person. The address is read each time:
+        a restarted daemon may listen elsewhere."""
         try:
             url = json.loads(await anyio.Path(address).read_text())["url"]
-            async with httpx.AsyncClient(timeout=2) as client:
-                board = (await client.get(f"{url}/api/v1/boards/{uid}")).json()
+            board = (await client.get(f"{url}/api/v1/boards/{uid}")).json()
         except (OSError, ValueError, KeyError, httpx.HTTPError):
             return False  # no daemon running: keep the board until one says so
         return board.get("outcome") in ("PASS", "FAIL", "QUARANTINE")

@@ -109,51 +109,42 @@ def _api_url(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _get(url: str, path: str) -> Any:
+def _request(method: str, url: str, path: str, **options: Any) -> Any:
+    """An httpx response from the daemon's API, or None after printing why there is none."""
     import httpx  # noqa: PLC0415
 
     try:
-        response = httpx.get(url + path, timeout=10)
+        return httpx.request(method, url + path, timeout=10, **options)
     except httpx.HTTPError as error:
         print(f"orchestrator: error: {url}: {error}", file=sys.stderr)
         return None
-    return response.json()
 
 
 def status_command(args: argparse.Namespace) -> int:
     url = _api_url(args)
-    snapshot = _get(url, "/api/v1/status") if url else None
-    if snapshot is None:
+    response = _request("GET", url, "/api/v1/status") if url else None
+    if response is None:
         return 2
+    snapshot = response.json()
     if args.json:
         print(json.dumps(snapshot, indent=1))
         return 0
     from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+
+    from orchestrator.report import station_table  # noqa: PLC0415
 
     t = snapshot["totals"]
     shown = f"{100 * t['yield']:.1f}%" if t["yield"] is not None else "-"
-    table = Table(
-        title=f"{snapshot['line']} job {snapshot['job_id']}: PASS {t['pass']}  FAIL {t['fail']}  "
+    title = (
+        f"{snapshot['line']} job {snapshot['job_id']}: PASS {t['pass']}  FAIL {t['fail']}  "
         f"QUARANTINE {t['quarantine']}  yield {shown}  {t['boards_per_hour']} boards/h"
     )
-    for column in ("station", "state", "board", "step", "try", "progress", "pass", "fail", "last error"):
-        table.add_column(column)
-    for s in snapshot["stations"]:
-        step = f"{s['step']} {s['step_name']}" if s["step"] else "-"
-        failed = s["counts"]["FAIL"] + s["counts"]["QUARANTINE"]
-        progress = f"{100 * s['progress']:.0f}%"
-        table.add_row(
-            s["name"], s["state"], s["uid"] or "-", step, str(s["attempt"] or "-"), progress,
-            str(s["counts"]["PASS"]), str(failed), s["last_error"][:50],
-        )  # fmt: skip
+    table = station_table(title, snapshot["stations"])
     Console(width=None if sys.stdout.isatty() else 200).print(table)
     return 0
 
 
 def station_command(args: argparse.Namespace) -> int:
-    import httpx  # noqa: PLC0415
-
     from orchestrator.api import ApiError, read_token  # noqa: PLC0415
 
     config = _config(args.config)
@@ -169,15 +160,14 @@ def station_command(args: argparse.Namespace) -> int:
         print(f"orchestrator: error: {args.config}: api.token_file is not set", file=sys.stderr)
         return 2
     body = {"uid": args.uid, "reason": args.reason}
-    try:
-        response = httpx.post(
-            f"{url}/api/v1/stations/{args.station}/{args.action}",
-            json={key: value for key, value in body.items() if value},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=10,
-        )
-    except httpx.HTTPError as error:
-        print(f"orchestrator: error: {url}: {error}", file=sys.stderr)
+    response = _request(
+        "POST",
+        url,
+        f"/api/v1/stations/{args.station}/{args.action}",
+        json={key: value for key, value in body.items() if value},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    if response is None:
         return 2
     answer = response.json()
     if response.is_error:

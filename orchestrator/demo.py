@@ -32,7 +32,7 @@ from orchestrator import logs
 from orchestrator.config import load
 from orchestrator.daemon import Line
 from orchestrator.journal import Journal
-from orchestrator.report import report
+from orchestrator.report import report, station_table
 
 console = Console()
 
@@ -78,24 +78,9 @@ def _stations_yaml(
 
 
 def _view(line: Line, total: int) -> Table:
-    table = Table(title=f"{line.config.line}: {len(line.journal.finished())}/{total} boards done")
-    for column in ("station", "state", "board", "step", "try", "progress", "pass", "fail", "last error"):
-        table.add_column(column)
-    for runner in line.runners:
-        s = runner.status
-        bar = "#" * int(s.progress * 20)
-        table.add_row(
-            runner.station.name,
-            s.state,
-            s.uid or "-",
-            str(s.step or "-"),
-            str(s.attempt or "-"),
-            f"{bar:<20}",
-            str(s.counts["PASS"]),
-            str(s.counts["FAIL"] + s.counts["QUARANTINE"]),
-            s.last_error[:40],
-        )
-    return table
+    finished = line.totals.as_dict()["finished"]
+    stations = [line.station_status(name) for name in sorted(line.stations)]
+    return station_table(f"{line.config.line}: {finished}/{total} boards done", stations)
 
 
 def _prepare(workdir: Path, app_size: int) -> dict[str, bytes]:

@@ -10,6 +10,8 @@ import time
 from collections import Counter
 from typing import Any
 
+from rich.table import Table
+
 from orchestrator.journal import Board, Journal
 from orchestrator.steps import BY_NUMBER, STEPS
 
@@ -96,6 +98,22 @@ class LineTotals:
                 if count > 0
             ],
         }
+
+
+def station_table(title: str, stations: list[dict[str, Any]]) -> Table:
+    """The stations as ``orchestrator status`` and the demo's live view print them (the API's
+    station objects: GET /api/v1/stations/{name})."""
+    table = Table(title=title)
+    for column in ("station", "state", "board", "step", "try", "progress", "pass", "fail", "last error"):
+        table.add_column(column)
+    for s in stations:
+        bar = "#" * int(s["progress"] * 10)
+        table.add_row(
+            s["name"], s["state"], s["uid"] or "-", f"{s['step']} {s['step_name']}" if s["step"] else "-",
+            str(s["attempt"] or "-"), f"{bar:<10} {100 * s['progress']:3.0f}%", str(s["counts"]["PASS"]),
+            str(s["counts"]["FAIL"] + s["counts"]["QUARANTINE"]), s["last_error"][:50],
+        )  # fmt: skip
+    return table
 
 
 def report(journal: Journal, job_id: str | None = None, *, wall_s: float | None = None) -> dict[str, Any]:
