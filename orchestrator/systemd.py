@@ -24,10 +24,14 @@ def notify(*fields: str) -> bool:
     address = _address()
     if address is None:
         return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+    # Never blocking: a reader that stopped reading must not stop the event loop (the message is
+    # dropped instead; a watchdog ping missed that way is what systemd would act on anyway).
+    with socket.socket(
+        socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+    ) as sock:
         try:
             sock.sendto("\n".join(fields).encode(), address)
-        except OSError:
+        except OSError:  # BlockingIOError when the queue is full; gone or refused otherwise
             return False
     return True
 
