@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -47,6 +47,8 @@ class SimulatedLine:
     def log(self) -> Path:
         return self.workdir / "logs" / "orchestrator.jsonl"
 
+    daemons: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
     def daemon(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         command = [
             venv_tool("orchestrator"),
@@ -56,12 +58,14 @@ class SimulatedLine:
             "--journal",
             str(self.journal),
         ]
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [*command, "--log-file", str(self.log)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
         )
+        self.daemons.append(process)
+        return process
 
 
 @contextmanager
@@ -71,13 +75,18 @@ def simulated_line(
     bodies = _prepare(workdir, app_size)
     os.environ["BOARDSIM_PROBES"] = str((workdir / "probes").resolve())
     processes = _start(workdir, stations, boards, baud, None)
+    daemons: list[subprocess.Popen[bytes]] = []
     try:
         url, job_id = anyio.run(_create_job, workdir / "cloud", bodies, quantity)
         simulated = json.loads((workdir / "boards" / "serve.json").read_text())
         text = _stations_yaml(workdir, url, job_id, simulated, uart_timeout=0.5)
         (workdir / "stations.yaml").write_text(text)
-        yield SimulatedLine(workdir, text)
+        yield SimulatedLine(workdir, text, daemons)
     finally:
+        for daemon in daemons:
+            if daemon.poll() is None:  # a test that failed left it running
+                daemon.kill()
+                daemon.wait()
         for process in processes:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
