@@ -130,7 +130,7 @@ class UartPort:
             return
         started = anyio.current_time()
         handled = isp.handle(raw)
-        if handled is None:
+        if handled is None or handled.response is None:
             return
         self.stats.packets += 1
         work = (max(0.0, board.busy_until - board.clock()) + board.timing.aes_packet) * faults.slow_factor

@@ -4,7 +4,8 @@ Every malformed input raises :class:`ProtocolError`, naming the field and the ex
 values, so a log line or an operator can tell which byte was wrong::
 
     ProtocolError                 any malformed frame, record, image or illegal protocol step
-     └── TransitionError          a command that the session's current state does not allow
+     ├── TransitionError          a command that the session's current state does not allow
+     └── StaleReply               a well-formed answer to another request (a late answer)
 """
 
 from __future__ import annotations
@@ -32,3 +33,7 @@ class ProtocolError(ValueError):
 
 class TransitionError(ProtocolError):
     """A command that the session's current state does not allow; the session is unchanged."""
+
+
+class StaleReply(ProtocolError):
+    """A well-formed answer that belongs to another request (a late answer): keep listening."""

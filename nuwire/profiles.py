@@ -8,11 +8,12 @@ debug-lock bit is not confirmed for every part: it is a setting here, never a co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 
 from nuwire.errors import ProtocolError
 from nuwire.keys import OtpEntry, key_hash, to_otp_entries
+from nuwire.secureisp.firmware import NUVOTON_DEMO, NUVOTON_FIXEDKEY, Firmware
 
 
 class FmcCommand(IntEnum):
@@ -133,6 +134,8 @@ class TargetProfile:
     application_slot: Slot
     objid_record: int
     debug_lock: DebugLock
+    firmware: Firmware = NUVOTON_DEMO
+    """The SecureISP target code on the part (ROM and bootloader): its quirks are settings."""
 
     @property
     def reglctl(self) -> int:
@@ -174,7 +177,10 @@ M2354 = TargetProfile(
     debug_lock=DebugLock(config_address=0x0030_0000, bit=11),
 )
 
-PROFILES: dict[str, TargetProfile] = {M2354.name: M2354}
+M2354_FIXEDKEY = replace(M2354, name="M2354-fixedkey", firmware=NUVOTON_FIXEDKEY)
+"""M2354 with SecureISP built to send its static key whole (nuvoton-ref's ``fixedkey`` build)."""
+
+PROFILES: dict[str, TargetProfile] = {p.name: p for p in (M2354, M2354_FIXEDKEY)}
 
 
 def profile(name: str) -> TargetProfile:

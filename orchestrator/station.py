@@ -25,13 +25,13 @@ from cloudserver.client import CloudClient, CloudError
 from nuwire import mcuboot
 from nuwire.errors import ProtocolError
 from nuwire.ids import RECORD_SIZE, decode_obj_id_record, encode_obj_id_record, format_uid, parse_obj_id
-from nuwire.keys import key_hash, public_key_from_raw
+from nuwire.keys import public_key_from_raw
 from nuwire.profiles import TargetProfile
 from nuwire.secureisp import messages as m
-from nuwire.secureisp.commands import Status
-from nuwire.secureisp.session import HostSession
 from nuwire.secureisp.states import Role
 from orchestrator.config import LineConfig, Station
+from orchestrator.errors import Fatal, Quarantine, Swapped
+from orchestrator.isp_steps import HostKeys, IspSteps
 from orchestrator.journal import FINAL, Board, Journal
 from orchestrator.metrics import Metrics
 from orchestrator.probe_worker import ProbeFailure, ProbeWorker
@@ -40,18 +40,6 @@ from orchestrator.uart import UartFailure, UartLink
 
 T = TypeVar("T")
 ERASED = 0xFFFFFFFF
-
-
-class Fatal(Exception):
-    """The board fails here; retrying cannot help (quota, signature mismatch)."""
-
-
-class Quarantine(Exception):
-    """The board holds something it should not (a foreign OTP value): a person decides."""
-
-
-class Swapped(Exception):
-    """The board in the fixture is not the one being provisioned: stop, touch nothing."""
 
 
 def retryable(error: BaseException) -> bool:
@@ -120,6 +108,24 @@ class StationRunner:
         self.idle = anyio.Event()
         self.idle.set()
         self.on_done: Callable[[Board], None] = lambda _: None
+        isp = line.secureisp
+        self.isp = IspSteps(
+            profile,
+            HostKeys(
+                station_key,
+                public_key_from_raw(bytes.fromhex(isp.rom_public_key)),
+                public_key_from_raw(bytes.fromhex(isp.bootloader_public_key)),
+            ),
+            link=self._uart,
+            reset=self._hardware_reset,
+            journal=journal,
+            station=station.name,
+            application=lambda board: self.cloud.application(line.job_id, board.uid, self._obj(board)),
+            attempts=line.defaults.uart.retry.attempts,
+            step=lambda board, number, action: self.step(board, number, action, retries=False),
+            progress=self._progress,
+            log=self.log,
+        )
 
     def __repr__(self) -> str:
         return f"<StationRunner {self.station.name} state={self.status.state} uid={self.status.uid}>"
@@ -212,6 +218,10 @@ class StationRunner:
             operation, *args, limit_s=self.line.defaults.debug.timeout_s, on_progress=self._progress
         )
 
+    async def _hardware_reset(self) -> None:
+        """nRESET through the probe: brings Nuvoton's SecureISP back, also on a locked part."""
+        await self.debug("hardware_reset")
+
     def _progress(self, done: float) -> None:
         self.status.progress = done
 
@@ -226,11 +236,11 @@ class StationRunner:
                 return None
         for role in (Role.ROM, Role.BOOTLOADER):
             try:
-                async with self._uart(attempts=2) as link:
-                    session = self._session(role)
+                async with self._uart() as link:
+                    session = self.isp.session(role)
                     await link.open_session(session)
-                    reply = await link.exchange(session, session.send(m.GetId()))
-                    uid = format_uid(m.DeviceId.from_payload(reply.payload).uid)
+                    reply = await link.send(session, m.GetId())
+                    uid = format_uid(m.DeviceId.from_payload(reply.payload if reply else b"").uid)
             except (UartFailure, ValueError, OSError):
                 continue
             # The debug port may just have missed a board being inserted: ask it again before
@@ -241,20 +251,14 @@ class StationRunner:
                 return uid, "uart"
         return None
 
-    def _uart(self, attempts: int = 6) -> UartLink:
+    def _uart(self) -> UartLink:
         counter = self.metrics.uart_bytes
         return UartLink(
             self.station.uart,
             self.station.baud,
             timeout=self.line.defaults.uart.timeout_s,
-            attempts=attempts,
             count=lambda direction, n: counter.labels(self.station.name, direction).inc(n),
         )
-
-    def _session(self, role: Role) -> HostSession:
-        isp = self.line.secureisp
-        target = isp.rom_public_key if role is Role.ROM else isp.bootloader_public_key
-        return HostSession(role, self.station_key, public_key_from_raw(bytes.fromhex(target)))
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         structlog.contextvars.bind_contextvars(station=self.station.name)
@@ -475,97 +479,6 @@ class StationRunner:
         self.journal.event(board.uid, self.station.name, number, "otp-result", outcome="written")
 
     async def uart_steps(self, board: Board) -> None:
-        """Steps 8-13 as one group: any lost session restarts from the ROM."""
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.line.defaults.uart.retry.attempts),
-            wait=wait_exponential_jitter(initial=self.line.defaults.uart.retry.backoff_s, max=5),
-            retry=retry_if_exception(retryable),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                await self._uart_once(board)
-
-    async def _uart_once(self, board: Board) -> None:
-        app_key = bytes.fromhex(board.application_key or "")
+        """Steps 8-13 as one group (orchestrator/isp_steps.py); a pause waits before it."""
         await self._safe_point()
-        async with self._uart() as link:
-            in_bootloader = False
-            rom = self._session(Role.ROM)
-            try:
-                await link.open_session(rom)
-            except UartFailure:
-                in_bootloader = True  # a resumed board may already run its bootloader
-            if not in_bootloader:
-                await self.step(
-                    board, 8, lambda: self._burn_app_hash(link, rom, board, app_key), retries=False
-                )
-
-                async def reboot() -> None:
-                    reply = await link.exchange(rom, rom.send(m.RebootToBootloader()))
-                    if reply.status is Status.ERR_NO_BOOTLOADER:
-                        raise Fatal("the ROM did not verify the bootloader")
-                    if not reply.ok:
-                        raise UartFailure(f"REBOOT_TO_BOOTLOADER refused: {reply.status!r}")
-
-                await self.step(board, 9, reboot, retries=False)
-            boot = self._session(Role.BOOTLOADER)
-            await self.step(board, 10, lambda: link.open_session(boot), retries=False)
-            signed = await self.step(
-                board, 11, lambda: self.cloud.application(self.line.job_id, board.uid, self._obj(board))
-            )
-            image = mcuboot.parse(signed.image)
-            if (
-                signed.public_key != app_key
-                or mcuboot.verify_against_key_hash(image, key_hash(app_key)) is not mcuboot.Verdict.OK
-            ):
-                raise Fatal("the signed application does not verify with the board's application key")
-            await self.step(board, 12, lambda: self._download(link, boot, board, signed.image), retries=False)
-
-            async def finish() -> None:
-                reply = await link.exchange(boot, boot.send(m.DlFinish()))
-                if not reply.ok:
-                    raise Fatal(f"the bootloader refused the application: {reply.status!r}")
-
-            await self.step(board, 13, finish, retries=False)
-
-    async def _burn_app_hash(self, link: UartLink, rom: HostSession, board: Board, app_key: bytes) -> None:
-        device = m.DeviceId.from_payload((await link.exchange(rom, rom.send(m.GetId()))).payload)
-        if format_uid(device.uid) != board.uid:
-            raise Swapped(f"expected UID {board.uid}, the UART answers {format_uid(device.uid)}")
-        for entry, (low, high) in self.profile.app_key_hash_entries(app_key).items():
-            have = m.OtpValue.from_payload((await link.exchange(rom, rom.send(m.ReadOtp(entry)))).payload)
-            if (have.low, have.high) == (low, high):
-                continue
-            if not have.blank:
-                raise Quarantine(f"OTP entry {entry} holds (0x{have.low:08X}, 0x{have.high:08X})")
-            self.journal.event(board.uid, self.station.name, 8, "otp-intent", outputs={"entry": entry})
-            with anyio.CancelScope(shield=True):  # never stopped between the write and its read-back
-                reply = await link.exchange(rom, rom.send(m.WriteOtp(entry, low, high)))
-                back = m.OtpValue.from_payload((await link.exchange(rom, rom.send(m.ReadOtp(entry)))).payload)
-            if (back.low, back.high) != (low, high):
-                raise Quarantine(f"OTP entry {entry} did not read back after WRITE_OTP ({reply.status!r})")
-            self.journal.event(
-                board.uid, self.station.name, 8, "otp-result", outcome="written", outputs={"entry": entry}
-            )
-
-    async def _download(self, link: UartLink, boot: HostSession, board: Board, image: bytes) -> None:
-        import hashlib  # noqa: PLC0415
-
-        device = m.DeviceId.from_payload((await link.exchange(boot, boot.send(m.GetId()))).payload)
-        if format_uid(device.uid) != board.uid:
-            raise Swapped(f"expected UID {board.uid}, the bootloader answers {format_uid(device.uid)}")
-        slot = self.profile.application_slot
-        reply = await link.exchange(
-            boot, boot.send(m.DlBegin(slot.base, len(image), hashlib.sha256(image).digest()))
-        )
-        if not reply.ok:
-            raise Fatal(f"DL_BEGIN refused: {reply.status!r}")
-        padded = image + b"\xff" * (-len(image) % 4)
-        for offset in range(0, len(padded), 48):
-            reply = await link.exchange(
-                boot, boot.send(m.MassWrite(offset // 48, padded[offset : offset + 48]))
-            )
-            if not reply.ok:
-                raise UartFailure(f"MASS_WRITE at {offset} refused: {reply.status!r}")
-            self.status.progress = min(1.0, (offset + 48) / len(padded))
+        await self.isp.run(board)

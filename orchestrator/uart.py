@@ -1,8 +1,12 @@
-"""SecureISP over a station's serial port (pyserial-asyncio), stop-and-wait with resends.
+"""SecureISP over a station's serial port (pyserial-asyncio), stop-and-wait.
 
-A lost or damaged answer is a timeout or a ProtocolError: the same 64 bytes go again, and the
-target answers a repeat from its cache. A late answer to an earlier request is dropped. After the
-resends a :class:`UartFailure` says the session is lost; the caller restarts it with RESYNC.
+Each request is sent once and its answer awaited for ``timeout`` seconds; a late answer to an
+earlier request (another packet id) is dropped and listening goes on. Nuvoton's target ends
+SecureISP after a damaged or refused request and answers nothing more until the chip resets, so a
+damaged, refused or missing answer is a :class:`SessionLost`: the caller pulses nRESET through the
+probe and opens a new session (new IV, new ECDH). Only firmware known to keep its session
+(``Firmware.keeps_session``) gets blind resends, and RESYNC, harmless to repeat, is resent while
+a board comes out of reset.
 """
 
 from __future__ import annotations
@@ -14,16 +18,21 @@ from typing import Any
 import anyio
 import serial_asyncio
 
-from nuwire.errors import ProtocolError
-from nuwire.secureisp.commands import Status
-from nuwire.secureisp.messages import Reply
+from nuwire.errors import ProtocolError, StaleReply
+from nuwire.secureisp.messages import Reply, Request
 from nuwire.secureisp.packet import PacketAssembler
 from nuwire.secureisp.session import HostSession
 from nuwire.secureisp.states import Phase
 
+RESYNC_ATTEMPTS = 5
+
 
 class UartFailure(Exception):
     retryable = True
+
+
+class SessionLost(UartFailure):
+    """The target gave no valid answer, or ended SecureISP: only a reset brings it back."""
 
 
 class UartLink:
@@ -36,7 +45,8 @@ class UartLink:
         attempts: int = 6,
         count: Callable[[str, int], None] | None = None,
     ) -> None:
-        """``count(direction, n)`` hears of every n bytes sent ("tx") or received ("rx")."""
+        """``count(direction, n)`` hears of every n bytes sent ("tx") or received ("rx");
+        ``attempts`` bounds the resends for firmware that keeps its session."""
         self.device, self.baud, self.timeout, self.attempts = device, baud, timeout, attempts
         self._reader: asyncio.StreamReader | None = None
         self._writer: Any = None
@@ -66,34 +76,52 @@ class UartLink:
             if packets:
                 return packets[-1]
 
-    async def exchange(self, session: HostSession, raw: bytes) -> Reply:
-        for _ in range(self.attempts):
-            self._writer.write(raw)
-            self._count("tx", len(raw))
+    async def _write(self, raw: bytes) -> None:
+        self._writer.write(raw)
+        self._count("tx", len(raw))
+        await self._writer.drain()
+
+    async def send(self, session: HostSession, request: Request) -> Reply | None:
+        """``request`` in ``session``: its answer, or None for a request nothing answers (the
+        target resets: RESET, REBOOT_TO_BOOTLOADER)."""
+        raw = session.send(request)
+        if not request.ANSWERED:
+            await self._write(raw)
+            return None
+        return await self.exchange(session, raw)
+
+    async def exchange(self, session: HostSession, raw: bytes, *, attempts: int | None = None) -> Reply:
+        tries = attempts or (self.attempts if session.firmware.keeps_session else 1)
+        problem = "no answer"
+        for attempt in range(tries):
+            if attempt:
+                self._assembler.reset()
+                raw = session.resend()
+            await self._write(raw)
             with anyio.move_on_after(self.timeout):
                 while True:
-                    answer = await self._packet()
                     try:
-                        reply = session.receive(answer)
+                        reply = session.receive(await self._packet())
+                    except StaleReply:
+                        continue  # a late answer to an earlier request: keep listening
                     except ProtocolError as error:
-                        if "stale" in error.detail:
-                            continue  # a late answer to an earlier send: keep listening
+                        if session.phase is Phase.FAILED:  # a wrong key: no resend can help
+                            raise SessionLost(f"{self.device}: {error}") from error
+                        problem = f"damaged answer ({error.field})"
                         break
-                    if reply.status is not Status.ERR_CMD_CHECKSUM:
-                        return reply
-                    break
-            self._assembler.reset()
-            raw = session.resend()
-        raise UartFailure(f"{self.device}: no valid answer after {self.attempts} tries")
+                    if session.phase is Phase.FAILED:
+                        raise SessionLost(f"{self.device}: the target ended SecureISP: {reply.status!r}")
+                    return reply
+        raise SessionLost(f"{self.device}: {problem} after {tries} tries")
 
     async def open_session(self, session: HostSession) -> None:
         """RESYNC, CONNECT and both ECDH rounds; the session key then lives in ``session`` only."""
-        if not (await self.exchange(session, session.resync())).ok:
-            raise UartFailure(f"{self.device}: RESYNC refused")
+        if not (await self.exchange(session, session.resync(), attempts=RESYNC_ATTEMPTS)).ok:
+            raise SessionLost(f"{self.device}: RESYNC refused")
         reply = await self.exchange(session, session.connect())
         if not reply.ok:
-            raise UartFailure(f"{self.device}: CONNECT refused: {reply.status!r}")
+            raise SessionLost(f"{self.device}: CONNECT refused: {reply.status!r}")
         while session.phase is not Phase.READY:
             reply = await self.exchange(session, session.key_exchange())
             if not reply.ok:
-                raise UartFailure(f"{self.device}: key exchange refused: {reply.status!r}")
+                raise SessionLost(f"{self.device}: key exchange refused: {reply.status!r}")

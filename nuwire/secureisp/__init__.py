@@ -1,11 +1,11 @@
-"""SecureISP: Nuvoton's encrypted ISP over UART, for the ROM and this project's bootloader."""
+"""SecureISP: Nuvoton's encrypted ISP over UART, the host's side (the target is Nuvoton's code)."""
 
-from nuwire.secureisp.commands import STATUS_MEANING, Command, Status
+from nuwire.secureisp.commands import STATUS_MEANING, Command, Status, Vendor
+from nuwire.secureisp.firmware import FIRMWARES, NUVOTON_DEMO, NUVOTON_FIXEDKEY, Firmware
 from nuwire.secureisp.messages import (
     ConnectInfo,
     DeviceId,
-    DlBegin,
-    DlFinish,
+    Disconnect,
     Erase,
     GetId,
     GetVersion,
@@ -17,31 +17,33 @@ from nuwire.secureisp.messages import (
     Request,
     Reset,
     SetMassWrite,
+    VendorRequest,
+    VerifyImage,
     Write,
     WriteOtp,
 )
 from nuwire.secureisp.packet import PACKET_SIZE, Packet, PacketAssembler, SessionCipher, decode, encode
-from nuwire.secureisp.session import Backend, Handled, HostSession, Kdf, Outcome, TargetSession
+from nuwire.secureisp.session import HostSession, Kdf
 from nuwire.secureisp.states import Phase, Role
 
 __all__ = [
+    "FIRMWARES",
+    "NUVOTON_DEMO",
+    "NUVOTON_FIXEDKEY",
     "PACKET_SIZE",
     "STATUS_MEANING",
-    "Backend",
     "Command",
     "ConnectInfo",
     "DeviceId",
-    "DlBegin",
-    "DlFinish",
+    "Disconnect",
     "Erase",
+    "Firmware",
     "GetId",
     "GetVersion",
-    "Handled",
     "HostSession",
     "Kdf",
     "MassWrite",
     "OtpValue",
-    "Outcome",
     "Packet",
     "PacketAssembler",
     "Phase",
@@ -54,7 +56,9 @@ __all__ = [
     "SessionCipher",
     "SetMassWrite",
     "Status",
-    "TargetSession",
+    "Vendor",
+    "VendorRequest",
+    "VerifyImage",
     "Write",
     "WriteOtp",
     "decode",

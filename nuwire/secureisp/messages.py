@@ -1,37 +1,38 @@
 """Typed SecureISP requests and replies: each knows its command and its data-field layout.
 
-Data fields are little-endian u32 words unless a row says bytes. Requests (host to target):
+Data fields are little-endian u32 words unless a row says bytes. Requests (host to target), with
+the layout Nuvoton's CommandHandler.c reads (docs/protocols.md gives the source lines):
 
     GET_ID                -
     GET_VERSION           -
-    READ_OTP              entry
-    WRITE_OTP             entry, low word, high word
+    DISCONNECT            -   (SecureISP ends; the target answers nothing more until reset)
     ERASE                 address, page count
     WRITE                 address, byte count, data (<= 40 bytes)
     SET_MASS_WRITE        start address, total byte count
     MASS_WRITE            data (<= 48 bytes, whole words); address = start + packet id * 48
-    RESET                 mode (0 chip, 1 system, 2 CPU)
-    REBOOT_TO_BOOTLOADER  -
-    DL_BEGIN              slot address, image size, SHA-256 of the image (32 bytes)
-    DL_FINISH             -
+    RESET                 mode (0 chip, 1 system, 2 CPU): the target resets, nothing answers
+    VENDOR 0x8F00         0, sub-command, arguments:
+      READ_OTP              entry
+      WRITE_OTP             entry, low word, high word
+      REBOOT_TO_BOOTLOADER  -   (the target resets into its bootloader, nothing answers)
+      VERIFY_IMAGE          slot address
 
 Replies carry the status in word 0, then the rows below (only when the status is OK):
 
     CONNECT     PDID, IV (16 bytes), command mask, 0, 0
     GET_ID      PDID, UID0..2, UCID0..3, CID, 0
     GET_VERSION version
-    READ_OTP    low word, high word
-    DL_FINISH   bytes received
+    VENDOR      byte count, then:  READ_OTP entry, low, high;  VERIFY_IMAGE bytes checked
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import ClassVar
 
 from nuwire.errors import ProtocolError
-from nuwire.secureisp.commands import Command, Status, status_of
+from nuwire.secureisp.commands import Command, Status, Vendor, status_of
 from nuwire.secureisp.packet import DATA_SIZE
 
 WRITE_MAX = 40
@@ -52,21 +53,20 @@ def _pack(*words: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A command the target's backend carries out. ``packet_id`` is 0 except for MASS_WRITE."""
+    """A command for the target. ``index`` is MASS_WRITE's packet id; the session numbers the rest.
+
+    ``ANSWERED`` is False for requests the target carries out by resetting: nothing comes back.
+    """
 
     COMMAND: ClassVar[Command]
+    ANSWERED: ClassVar[bool] = True
 
     def to_payload(self) -> bytes:
         return b""
 
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        _words(data, 0, cls.COMMAND.name)
-        return cls()
-
     @property
-    def packet_id(self) -> int:
-        return 0
+    def index(self) -> int | None:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,42 +80,10 @@ class GetVersion(Request):
 
 
 @dataclass(frozen=True, slots=True)
-class RebootToBootloader(Request):
-    COMMAND = Command.REBOOT_TO_BOOTLOADER
+class Disconnect(Request):
+    """Ends SecureISP on Nuvoton's target; the bootloader then boots a verified application."""
 
-
-@dataclass(frozen=True, slots=True)
-class DlFinish(Request):
-    COMMAND = Command.DL_FINISH
-
-
-@dataclass(frozen=True, slots=True)
-class ReadOtp(Request):
-    COMMAND = Command.READ_OTP
-    entry: int
-
-    def to_payload(self) -> bytes:
-        return _pack(self.entry)
-
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        (entry,) = _words(data, 1, "READ_OTP")
-        return cls(entry)
-
-
-@dataclass(frozen=True, slots=True)
-class WriteOtp(Request):
-    COMMAND = Command.WRITE_OTP
-    entry: int
-    low: int
-    high: int
-
-    def to_payload(self) -> bytes:
-        return _pack(self.entry, self.low, self.high)
-
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        return cls(*_words(data, 3, "WRITE_OTP"))
+    COMMAND = Command.DISCONNECT
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +94,6 @@ class Erase(Request):
 
     def to_payload(self) -> bytes:
         return _pack(self.address, self.pages)
-
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        return cls(*_words(data, 2, "ERASE"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,15 +109,6 @@ class Write(Request):
     def to_payload(self) -> bytes:
         return _pack(self.address, len(self.data)) + self.data
 
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        if len(data) < 8:
-            raise ProtocolError("WRITE data length", ">= 8", len(data))
-        address, count = struct.unpack_from("<II", data)
-        if count != len(data) - 8:
-            raise ProtocolError("WRITE byte count", len(data) - 8, count)
-        return cls(address, data[8:])
-
 
 @dataclass(frozen=True, slots=True)
 class SetMassWrite(Request):
@@ -164,41 +119,33 @@ class SetMassWrite(Request):
     def to_payload(self) -> bytes:
         return _pack(self.address, self.length)
 
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        return cls(*_words(data, 2, "SET_MASS_WRITE"))
-
 
 @dataclass(frozen=True, slots=True)
 class MassWrite(Request):
-    """One chunk of a mass write; the session fills in ``address`` on the target side."""
+    """One chunk of a mass write: the target writes it at start + ``chunk`` * 48."""
 
     COMMAND = Command.MASS_WRITE
-    index: int
+    chunk: int
     data: bytes
-    address: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.index <= 0xFFFF:
-            raise ProtocolError("MASS_WRITE packet id", "0..0xFFFF", self.index)
+        if not 0 <= self.chunk <= 0xFFFF:
+            raise ProtocolError("MASS_WRITE packet id", "0..0xFFFF", self.chunk)
         if not 0 < len(self.data) <= DATA_SIZE or len(self.data) % 4:
             raise ProtocolError("MASS_WRITE byte count", f"4..{DATA_SIZE}, whole words", len(self.data))
 
     @property
-    def packet_id(self) -> int:
-        return self.index
+    def index(self) -> int:
+        return self.chunk
 
     def to_payload(self) -> bytes:
         return self.data
-
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        return cls(0, data)
 
 
 @dataclass(frozen=True, slots=True)
 class Reset(Request):
     COMMAND = Command.RESET
+    ANSWERED = False
     mode: int = 0
 
     def __post_init__(self) -> None:
@@ -208,56 +155,59 @@ class Reset(Request):
     def to_payload(self) -> bytes:
         return _pack(self.mode)
 
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        (mode,) = _words(data, 1, "RESET")
-        return cls(mode)
+
+@dataclass(frozen=True, slots=True)
+class VendorRequest(Request):
+    """A sub-command of VENDOR 0x8F00: word 0 reserved (0), word 1 the sub-command, then args."""
+
+    COMMAND = Command.VENDOR
+    SUB: ClassVar[Vendor]
+
+    def arguments(self) -> tuple[int, ...]:
+        return ()
+
+    def to_payload(self) -> bytes:
+        return _pack(0, self.SUB, *self.arguments())
 
 
 @dataclass(frozen=True, slots=True)
-class DlBegin(Request):
-    COMMAND = Command.DL_BEGIN
+class ReadOtp(VendorRequest):
+    SUB = Vendor.READ_OTP
+    entry: int
+
+    def arguments(self) -> tuple[int, ...]:
+        return (self.entry,)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOtp(VendorRequest):
+    SUB = Vendor.WRITE_OTP
+    entry: int
+    low: int
+    high: int
+
+    def arguments(self) -> tuple[int, ...]:
+        return (self.entry, self.low, self.high)
+
+
+@dataclass(frozen=True, slots=True)
+class RebootToBootloader(VendorRequest):
+    SUB = Vendor.REBOOT_TO_BOOTLOADER
+    ANSWERED = False
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyImage(VendorRequest):
+    SUB = Vendor.VERIFY_IMAGE
     address: int
-    size: int
-    digest: bytes
 
-    def __post_init__(self) -> None:
-        if len(self.digest) != 32:
-            raise ProtocolError("DL_BEGIN digest length", 32, len(self.digest))
-
-    def to_payload(self) -> bytes:
-        return _pack(self.address, self.size) + self.digest
-
-    @classmethod
-    def from_payload(cls, data: bytes) -> Self:
-        if len(data) != 40:
-            raise ProtocolError("DL_BEGIN data length", 40, len(data))
-        address, size = struct.unpack_from("<II", data)
-        return cls(address, size, data[8:])
-
-
-REQUESTS: dict[Command, type[Request]] = {
-    cls.COMMAND: cls
-    for cls in (
-        GetId,
-        GetVersion,
-        RebootToBootloader,
-        DlFinish,
-        ReadOtp,
-        WriteOtp,
-        Erase,
-        Write,
-        SetMassWrite,
-        MassWrite,
-        Reset,
-        DlBegin,
-    )
-}
+    def arguments(self) -> tuple[int, ...]:
+        return (self.address,)
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A decoded reply: the request's command and packet id, the status, the words after it."""
+    """A decoded reply: the request's command and packet id, the status, the bytes after it."""
 
     command: int
     packet_id: int
@@ -276,6 +226,20 @@ class Reply:
 
     def to_data(self) -> bytes:
         return _pack(int(self.status)) + self.payload
+
+    def vendor_data(self) -> bytes:
+        """What follows the byte count of a vendor reply (word 1), checked against that count."""
+        if len(self.payload) < 4:
+            raise ProtocolError("vendor reply length", ">= 8 (status, byte count)", len(self.payload) + 4)
+        count = int.from_bytes(self.payload[:4], "little")
+        if count != len(self.payload) - 4:
+            raise ProtocolError("vendor reply byte count", len(self.payload) - 4, count)
+        return self.payload[4:]
+
+
+def vendor_reply(status: Status | int, *words: int) -> bytes:
+    """The data of a vendor reply: status, byte count, words (the target's side of the layout)."""
+    return _pack(int(status), 4 * len(words), *words)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +279,9 @@ class DeviceId:
 
 @dataclass(frozen=True, slots=True)
 class OtpValue:
+    """A READ_OTP answer: it names the entry, so an answer can never be taken for another's."""
+
+    entry: int
     low: int
     high: int
 
@@ -322,16 +289,15 @@ class OtpValue:
     def blank(self) -> bool:
         return self.low == self.high == 0xFFFFFFFF
 
-    def to_payload(self) -> bytes:
-        return _pack(self.low, self.high)
-
     @classmethod
-    def from_payload(cls, data: bytes) -> OtpValue:
-        low, high = _words(data, 2, "READ_OTP reply")
-        return cls(low, high)
+    def from_reply(cls, reply: Reply, entry: int) -> OtpValue:
+        value = cls(*_words(reply.vendor_data(), 3, "READ_OTP reply"))
+        if value.entry != entry:
+            raise ProtocolError("READ_OTP reply entry", entry, value.entry, "an answer for another entry")
+        return value
 
 
 def single_word(data: bytes, name: str) -> int:
-    """The one word after the status in GET_VERSION and DL_FINISH replies."""
+    """The one word after the status (GET_VERSION) or the byte count (VERIFY_IMAGE)."""
     (word,) = _words(data, 1, name)
     return word

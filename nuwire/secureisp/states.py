@@ -1,10 +1,14 @@
-"""The SecureISP session as one table, shared by host and target, ROM and bootloader.
+"""The host's SecureISP session as one table: what may be sent in which phase.
 
-A transition happens when the target answers a command with STS_OK. A command missing from the
-table for the current phase is illegal: the host refuses to send it (TransitionError), the target
-answers ERR_CMD_INVALID, and neither changes. A refusal during the key exchange moves both sides to
-FAILED, which only RESYNC leaves. RESYNC is legal in every phase and returns to IDLE.
-docs/protocols.md shows this table as a diagram made by :func:`mermaid`.
+Nuvoton's target runs three stages (SecureISP.c ProcessConnect, ProcessECDH, ProcessCommands): CONNECT,
+then the two ECDH rounds, then commands. A command missing from the table for the current phase is
+illegal: the host refuses to send it (TransitionError) and nothing changes. A transition happens
+when the target answers with STS_OK, or at once for the requests nothing answers (RESET, and the
+vendor REBOOT_TO_BOOTLOADER): the target resets. Nuvoton's target ends SecureISP after a damaged
+or unknown request, a refused key and DISCONNECT, and is silent until the chip is reset: the host
+then sits in FAILED or CLOSED, which only a reset of the board and RESYNC leave. RESYNC is legal in
+every phase and returns to IDLE. docs/protocols.md shows this table as a diagram made by
+:func:`mermaid`.
 """
 
 from __future__ import annotations
@@ -26,13 +30,12 @@ class Phase(Enum):
     RANDOM_X_RECEIVED = "random_x_received"
     READY = "ready"
     MASS_WRITE = "mass_write"
-    DOWNLOAD = "download"
     CLOSED = "closed"
     FAILED = "failed"
 
 
 class Role(Enum):
-    """Who answers on the target side: the ROM's SecureISP, or the bootloader's download."""
+    """Who answers on the target side: the ROM's SecureISP, or the bootloader's."""
 
     ROM = "rom"
     BOOTLOADER = "bootloader"
@@ -51,64 +54,42 @@ KEY_EXCHANGE: tuple[tuple[Phase, Command, Phase], ...] = (
 )
 KEY_EXCHANGE_PHASES = frozenset(phase for phase, _, _ in KEY_EXCHANGE) - {Phase.IDLE}
 
-_ROM_QUERIES = (
-    Command.GET_ID,
-    Command.GET_VERSION,
-    Command.READ_OTP,
-    Command.WRITE_OTP,
-    Command.ERASE,
-    Command.WRITE,
-)
-_ROM: tuple[tuple[Phase, Command, Phase], ...] = (
-    *((phase, command, phase) for phase in (Phase.READY, Phase.MASS_WRITE) for command in _ROM_QUERIES),
+_QUERIES = (Command.GET_ID, Command.GET_VERSION, Command.ERASE, Command.WRITE, Command.VENDOR)
+_COMMANDS: tuple[tuple[Phase, Command, Phase], ...] = (
+    *((phase, command, phase) for phase in (Phase.READY, Phase.MASS_WRITE) for command in _QUERIES),
     (Phase.READY, Command.SET_MASS_WRITE, Phase.MASS_WRITE),
     (Phase.MASS_WRITE, Command.SET_MASS_WRITE, Phase.MASS_WRITE),
     (Phase.MASS_WRITE, Command.MASS_WRITE, Phase.MASS_WRITE),
-    (Phase.READY, Command.RESET, Phase.CLOSED),
-    (Phase.MASS_WRITE, Command.RESET, Phase.CLOSED),
-    (Phase.READY, Command.REBOOT_TO_BOOTLOADER, Phase.CLOSED),
-    (Phase.MASS_WRITE, Command.REBOOT_TO_BOOTLOADER, Phase.CLOSED),
-)
-_BOOTLOADER: tuple[tuple[Phase, Command, Phase], ...] = (
-    (Phase.READY, Command.GET_ID, Phase.READY),
-    (Phase.READY, Command.GET_VERSION, Phase.READY),
-    (Phase.READY, Command.DL_BEGIN, Phase.DOWNLOAD),
-    (Phase.DOWNLOAD, Command.DL_BEGIN, Phase.DOWNLOAD),
-    (Phase.DOWNLOAD, Command.MASS_WRITE, Phase.DOWNLOAD),
-    (Phase.DOWNLOAD, Command.DL_FINISH, Phase.CLOSED),
-    (Phase.READY, Command.RESET, Phase.CLOSED),
-    (Phase.DOWNLOAD, Command.RESET, Phase.CLOSED),
+    *((phase, Command.RESET, Phase.CLOSED) for phase in (Phase.READY, Phase.MASS_WRITE)),
+    *((phase, Command.DISCONNECT, Phase.CLOSED) for phase in (Phase.READY, Phase.MASS_WRITE)),
 )
 
 
-def _table(role: Role) -> dict[tuple[Phase, Command], Phase]:
-    rows = KEY_EXCHANGE + (_ROM if role is Role.ROM else _BOOTLOADER)
-    table = {(phase, command): after for phase, command, after in rows}
+def _table() -> dict[tuple[Phase, Command], Phase]:
+    table = {(phase, command): after for phase, command, after in KEY_EXCHANGE + _COMMANDS}
     for phase in Phase:
         table[(phase, Command.RESYNC)] = Phase.IDLE
-        if phase not in (Phase.IDLE, Phase.CLOSED, Phase.FAILED):
-            table[(phase, Command.DISCONNECT)] = Phase.IDLE
     return table
 
 
-TRANSITIONS: dict[Role, dict[tuple[Phase, Command], Phase]] = {role: _table(role) for role in Role}
+TRANSITIONS: dict[tuple[Phase, Command], Phase] = _table()
 
 
-def next_phase(role: Role, phase: Phase, command: int) -> Phase | None:
+def next_phase(phase: Phase, command: int) -> Phase | None:
     """The phase after an OK answer to ``command``, or None when the command is illegal now."""
     try:
-        return TRANSITIONS[role].get((phase, Command(command)))
+        return TRANSITIONS.get((phase, Command(command)))
     except ValueError:
         return None
 
 
-def mermaid(role: Role) -> str:
-    """The role's table as a Mermaid state diagram (RESYNC and DISCONNECT edges left out)."""
+def mermaid() -> str:
+    """The table as a Mermaid state diagram (RESYNC edges drawn once)."""
     lines = ["stateDiagram-v2", "    [*] --> idle"]
-    for (phase, command), after in TRANSITIONS[role].items():
-        if command in (Command.RESYNC, Command.DISCONNECT):
-            continue
-        lines.append(f"    {phase.value} --> {after.value}: {command.name}")
-    lines.append("    failed --> idle: RESYNC")
-    lines.append("    closed --> [*]")
+    for (phase, command), after in TRANSITIONS.items():
+        if command is not Command.RESYNC:
+            lines.append(f"    {phase.value} --> {after.value}: {command.name}")
+    lines.append("    failed --> idle: RESYNC after a reset")
+    lines.append("    closed --> idle: RESYNC after a reset")
+    lines.append("    note right of failed: a refused key exchange, a damaged or unknown request")
     return "\n".join(lines)

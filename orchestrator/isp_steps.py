@@ -1,0 +1,171 @@
+"""Steps 8-13 over the board's UART, as one group: Nuvoton's SecureISP with this project's vendor
+sub-commands (docs/protocols.md).
+
+    8  ROM session; GET_ID (UID re-check); per OTP entry 8..11: READ_OTP, and only when blank
+       (journal intent first) WRITE_OTP and READ_OTP back
+    9  REBOOT_TO_BOOTLOADER (the board resets into its bootloader; nothing answers)
+   10  bootloader session (RESYNC, CONNECT, both ECDH rounds)
+   11  the signed application from the cloud, checked against the board's application key
+   12  GET_ID; ERASE the slot's pages; SET_MASS_WRITE; MASS_WRITE chunk by chunk
+   13  VERIFY_IMAGE: the bootloader checks the image against OTP 8..11; DISCONNECT boots it
+
+Nuvoton's target stops answering after any damaged or refused exchange, so the whole group is
+retried after an nRESET pulse through the probe (it works on a locked part) with a fresh session;
+the journal and the board's own OTP say what is already done, so nothing is programmed twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from cloudserver.client import SignedKey
+from nuwire import mcuboot
+from nuwire.ids import format_uid
+from nuwire.keys import key_hash
+from nuwire.profiles import TargetProfile
+from nuwire.secureisp import messages as m
+from nuwire.secureisp.session import HostSession
+from nuwire.secureisp.states import Role
+from orchestrator.errors import Fatal, Quarantine, Swapped
+from orchestrator.journal import Board, Journal
+from orchestrator.uart import SessionLost, UartFailure, UartLink
+
+T = TypeVar("T")
+StepRunner = Callable[[Board, int, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+async def _run(board: Board, number: int, action: Callable[[], Awaitable[T]]) -> T:
+    return await action()
+
+
+@dataclass(frozen=True)
+class HostKeys:
+    """The station's static key and the static public keys of the board's ROM and bootloader."""
+
+    station: ec.EllipticCurvePrivateKey
+    rom: ec.EllipticCurvePublicKey
+    bootloader: ec.EllipticCurvePublicKey
+
+
+@dataclass
+class IspSteps:
+    profile: TargetProfile
+    keys: HostKeys
+    link: Callable[[], UartLink]
+    reset: Callable[[], Awaitable[None]]
+    """Pulse the board's nRESET (through the probe)."""
+    journal: Journal
+    station: str
+    application: Callable[[Board], Awaitable[SignedKey]]
+    attempts: int = 4
+    step: StepRunner = _run
+    """Runs one numbered step (the station journals it, times it, shows it)."""
+    progress: Callable[[float], None] = lambda _: None
+    log: Any = None
+
+    def session(self, role: Role) -> HostSession:
+        key = self.keys.rom if role is Role.ROM else self.keys.bootloader
+        return HostSession(role, self.keys.station, key, firmware=self.profile.firmware)
+
+    async def run(self, board: Board) -> None:
+        """The group, retried after an nRESET when a session is lost."""
+        for attempt in range(1, self.attempts + 1):
+            if attempt > 1:
+                await self.reset()
+            try:
+                await self.once(board)
+                return
+            except UartFailure as error:
+                if attempt == self.attempts:
+                    raise
+                if self.log is not None:
+                    self.log.warning("uart.recover", uid=board.uid, attempt=attempt, error=str(error)[:300])
+
+    async def once(self, board: Board) -> None:
+        app_key = bytes.fromhex(board.application_key or "")
+        async with self.link() as link:
+            rom = self.session(Role.ROM)
+            try:
+                await link.open_session(rom)
+                in_rom = True
+            except SessionLost:
+                in_rom = False  # a resumed board may already run its bootloader
+            if in_rom:
+                await self.step(board, 8, lambda: self.burn_app_hash(link, rom, board, app_key))
+                await self.step(board, 9, lambda: link.send(rom, m.RebootToBootloader()))
+            boot = self.session(Role.BOOTLOADER)
+            await self.step(board, 10, lambda: link.open_session(boot))
+            signed = await self.step(board, 11, lambda: self.application(board))
+            image = mcuboot.parse(signed.image)
+            if (
+                signed.public_key != app_key
+                or mcuboot.verify_against_key_hash(image, key_hash(app_key)) is not mcuboot.Verdict.OK
+            ):
+                raise Fatal("the signed application does not verify with the board's application key")
+            await self.step(board, 12, lambda: self.download(link, boot, board, signed.image))
+            await self.step(board, 13, lambda: self.finish(link, boot, len(signed.image)))
+
+    async def _check_uid(self, link: UartLink, session: HostSession, board: Board) -> None:
+        reply = await link.send(session, m.GetId())
+        uid = format_uid(m.DeviceId.from_payload(_ok(reply, "GET_ID").payload).uid)
+        if uid != board.uid:
+            raise Swapped(f"expected UID {board.uid}, the UART answers {uid}")
+
+    async def read_otp(self, link: UartLink, rom: HostSession, entry: int) -> m.OtpValue:
+        return m.OtpValue.from_reply(_ok(await link.send(rom, m.ReadOtp(entry)), "READ_OTP"), entry)
+
+    async def burn_app_hash(self, link: UartLink, rom: HostSession, board: Board, app_key: bytes) -> None:
+        await self._check_uid(link, rom, board)
+        for entry, want in self.profile.app_key_hash_entries(app_key).items():
+            have = await self.read_otp(link, rom, entry)
+            if (have.low, have.high) == want:
+                continue
+            if any(h not in (w, 0xFFFFFFFF) for h, w in zip((have.low, have.high), want, strict=True)):
+                again = await self.read_otp(link, rom, entry)  # evidence: the same value read twice
+                if (again.low, again.high) == (have.low, have.high):
+                    raise Quarantine(f"OTP entry {entry} holds (0x{have.low:08X}, 0x{have.high:08X})")
+                raise UartFailure(f"OTP entry {entry} read two different values")
+            self.journal.event(board.uid, self.station, 8, "otp-intent", outputs={"entry": entry})
+            with anyio.CancelScope(shield=True):  # never stopped between the write and its read-back
+                reply = await link.send(rom, m.WriteOtp(*(entry, *want)))
+                back = await self.read_otp(link, rom, entry)
+            if (back.low, back.high) != want:
+                status = reply.status if reply is not None else "none"
+                raise Quarantine(f"OTP entry {entry} did not read back after WRITE_OTP ({status!r})")
+            self.journal.event(
+                board.uid, self.station, 8, "otp-result", outcome="written", outputs={"entry": entry}
+            )
+
+    async def download(self, link: UartLink, boot: HostSession, board: Board, image: bytes) -> None:
+        await self._check_uid(link, boot, board)
+        slot = self.profile.application_slot
+        padded = image + b"\xff" * (-len(image) % 4)
+        pages = -(-len(padded) // self.profile.aprom.page_size)
+        _ok(await link.send(boot, m.Erase(slot.base, pages)), "ERASE")
+        _ok(await link.send(boot, m.SetMassWrite(slot.base, len(padded))), "SET_MASS_WRITE")
+        self.progress(0.0)
+        for offset in range(0, len(padded), 48):
+            chunk = m.MassWrite(offset // 48, padded[offset : offset + 48])
+            _ok(await link.send(boot, chunk), f"MASS_WRITE at {offset}")
+            self.progress(min(1.0, (offset + 48) / len(padded)))
+
+    async def finish(self, link: UartLink, boot: HostSession, size: int) -> None:
+        reply = await link.send(boot, m.VerifyImage(self.profile.application_slot.base))
+        if reply is None or not reply.ok:
+            raise Fatal(f"the bootloader refused the application: {reply.status if reply else None!r}")
+        checked = m.single_word(reply.vendor_data(), "VERIFY_IMAGE")
+        if checked != size:
+            raise Fatal(f"the bootloader checked {checked} bytes, the image has {size}")
+        _ok(await link.send(boot, m.Disconnect()), "DISCONNECT")  # the bootloader boots the image
+
+
+def _ok(reply: m.Reply | None, what: str) -> m.Reply:
+    if reply is None or not reply.ok:
+        status = reply.status if reply is not None else "no answer"
+        raise UartFailure(f"{what} refused: {status!r}")
+    return reply
