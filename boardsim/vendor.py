@@ -112,7 +112,10 @@ class VendorCode:
             return self._no(Status.ERR_IMAGE_NO_KEY, "OTP entries 8..11 hold no application key hash"), 0
         if image.tlv(mcuboot.TlvType.PUBKEY) is None:
             return self._no(Status.ERR_IMAGE_FORMAT, "no PUBKEY TLV"), 0
-        verdict = mcuboot.verify_against_key_hash(image, from_otp_entries(entries))
+        try:
+            verdict = mcuboot.verify_against_key_hash(image, from_otp_entries(entries))
+        except ProtocolError as error:  # the PUBKEY TLV is no P-256 SubjectPublicKeyInfo
+            return self._no(Status.ERR_IMAGE_FORMAT, str(error)), 0
         if verdict is mcuboot.Verdict.KEY_MISMATCH:
             return self._no(Status.ERR_IMAGE_KEY, "the image's public key does not hash to OTP 8..11"), 0
         if verdict is not mcuboot.Verdict.OK:

@@ -15,6 +15,7 @@ from nuwire.cli import parser, run
 from nuwire.keys import raw_public_key
 from nuwire.pem import load_public_key
 from nuwire.profiles import PROFILES, profile
+from orchestrator.isp_info import isp_info_command
 
 
 def image_info(args: argparse.Namespace) -> int:
@@ -283,6 +284,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("image", type=Path)
     cmd.add_argument("--key", type=Path, help="PEM public or private key to verify with")
     cmd.set_defaults(handler=image_info)
+    cmd = commands.add_parser("isp-info", help="who answers on a UART over SecureISP (writes nothing)")
+    cmd.add_argument("--uart", required=True, help="the serial device")
+    cmd.add_argument("--baud", type=int, default=115200)
+    cmd.add_argument("--profile", default="M2354", choices=sorted(PROFILES))
+    cmd.add_argument("--station-key", type=Path, required=True, help="PEM: the line's static ECDH key")
+    cmd.add_argument("--target-key", help="the target's static public key X||Y hex (default: the firmware's)")
+    cmd.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each answer")
+    cmd.set_defaults(handler=isp_info_command)
     cmd = commands.add_parser("otp-words", help="the OTP entries a key becomes on the target")
     cmd.add_argument("--key", type=Path, required=True, help="PEM public or private key")
     cmd.add_argument("--purpose", choices=("bootloader", "application"), required=True)
