@@ -93,7 +93,9 @@ def _application() -> tuple[SignedKey, bytes]:
     return SignedKey(raw, image, hashlib.sha256(image).hexdigest()), raw
 
 
-def _steps(board: NurefBoard, journal: Journal, signed: SignedKey, key: ec.EllipticCurvePrivateKey) -> IspSteps:
+def _steps(
+    board: NurefBoard, journal: Journal, signed: SignedKey, key: ec.EllipticCurvePrivateKey
+) -> IspSteps:
     demo = public_key_from_raw(DEMO_KEY)  # the static key compiled into Nuvoton's SecureISP.c
 
     async def application(_: Board) -> SignedKey:
