@@ -38,7 +38,7 @@ def show_profile(args: argparse.Namespace) -> int:
         else value
         for key, value in fields.items()
     }
-    print(json.dumps(_plain(as_dicts), indent=2))
+    print(json.dumps(_plain(as_dicts), indent=2, default=lambda value: value.hex()))
     return 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nuwire.secureisp.commands import STATUS_MEANING, Status
-from nuwire.secureisp.states import Role, mermaid
+from nuwire.secureisp.states import mermaid
 
 HERE = Path(__file__).parent
 OURS = range(0x40, 0x50)
@@ -21,11 +21,7 @@ def render() -> str:
         f"| 0x{code:02X} | {code.name} | {STATUS_MEANING[code]} | {_source(code)} |" for code in Status
     )
     return (
-        (HERE / "protocols.md.in")
-        .read_text()
-        .replace("@STATUS_TABLE@", rows)
-        .replace("@MERMAID_ROM@", mermaid(Role.ROM))
-        .replace("@MERMAID_BOOTLOADER@", mermaid(Role.BOOTLOADER))
+        (HERE / "protocols.md.in").read_text().replace("@STATUS_TABLE@", rows).replace("@MERMAID@", mermaid())
     )
 
 

@@ -231,7 +231,7 @@ def _first(error: BaseException, kind: type[Exception]) -> BaseException | None:
     return None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915  # one parser per command
     top, commands = parser("orchestrator", "The factory-line provisioning daemon.")
     cmd = commands.add_parser("run", help="run the line daemon until SIGTERM")
     cmd.add_argument("--config", type=Path, required=True, help="stations.yaml")

@@ -23,8 +23,8 @@ from nuwire.secureisp.states import Role
 from orchestrator.uart import UartFailure, UartLink
 
 
-async def isp_info(
-    device: str, baud: int, profile_name: str, station_key_pem: str, target_key: str | None, timeout: float
+async def isp_info(  # noqa: PLR0917  # the command line's six options
+    device: str, baud: int, profile_name: str, station_key_pem: str, target_key: str | None, answer_s: float
 ) -> dict[str, object]:
     target = profile(profile_name)
     raw_key = bytes.fromhex(target_key) if target_key else target.firmware.published_key
@@ -34,7 +34,7 @@ async def isp_info(
         public_key_from_raw(raw_key, "target static key"),
         firmware=target.firmware,
     )
-    async with UartLink(device, baud, timeout=timeout) as link:
+    async with UartLink(device, baud, timeout=answer_s) as link:
         await link.open_session(session)
         ident = await link.send(session, m.GetId())
         version = await link.send(session, m.GetVersion())

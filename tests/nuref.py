@@ -39,7 +39,7 @@ def build_nuref(build: Path) -> Path:
     if not Path("/usr/include/openssl/ec.h").exists():
         system_tool("missing-openssl-headers", "libssl-dev")
     result = subprocess.run(
-        ["make", "-s", "-C", str(FIRMWARE), "host", f"NUREF={nuref_source()}", f"BUILD={build}"],
+        ["make", "-s", "-C", str(FIRMWARE), "host", f"NUREF={nuref_source()}", f"BUILD={build}"],  # noqa: S607  # make from the system package
         capture_output=True,
         text=True,
         check=False,
@@ -81,7 +81,7 @@ class NurefBoard:
 
     def _start(self) -> None:
         env = {**os.environ, **self._files(), "NUREF_CONNECT_LOOPS": str(10**9)}
-        self._process = subprocess.Popen(  # noqa: S603  # our own build of the reference
+        self._process = subprocess.Popen(  # our own build of the reference
             [str(self.binary)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -93,10 +93,13 @@ class NurefBoard:
         """Host bytes to the target's stdin, its answers back; a reset starts the target again."""
         while not self._stopped:
             process = self._process
-            assert process is not None and process.stdin is not None and process.stdout is not None
-            ready, _, _ = select.select([self._master, process.stdout], [], [], 0.05)
-            if process.stdout in ready:
-                answer = os.read(process.stdout.fileno(), 64)
+            assert process is not None
+            assert process.stdin is not None
+            assert process.stdout is not None
+            out = process.stdout.fileno()
+            ready, _, _ = select.select([self._master, out], [], [], 0.05)
+            if out in ready:
+                answer = os.read(out, 64)
                 if answer:
                     os.write(self._master, answer)
                     continue

@@ -69,6 +69,18 @@ def host(role: Role, keys: Keys) -> HostSession:
 def exchange(session: HostSession, isp: BoardIsp, raw: bytes) -> m.Reply:
     handled = isp.handle(raw)
     assert handled is not None
+    assert handled.response is not None
+    return session.receive(handled.response)
+
+
+def send(session: HostSession, isp: BoardIsp, request: m.Request) -> m.Reply | None:
+    """``request`` to the board: its answer, or None when the board reset without one."""
+    handled = isp.handle(session.send(request))
+    assert handled is not None
+    if handled.response is None:
+        assert handled.reset
+        assert not request.ANSWERED
+        return None
     return session.receive(handled.response)
 
 

@@ -7,7 +7,6 @@ steps 1 and 3-6 through pyOCD, steps 8-12 through pyserial and the foundation's 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -120,16 +119,21 @@ def uart_steps(
         entries = M2354.app_key_hash_entries(raw_public_key(app_key.public_key()))
         for entry, (low, high) in entries.items():
             assert host.exchange(rom, rom.send(m.WriteOtp(entry, low, high))).ok
-        assert host.exchange(rom, rom.send(m.RebootToBootloader())).ok
+        device.write(rom.send(m.RebootToBootloader()))  # the board resets: nothing answers
         boot = HostSession(Role.BOOTLOADER, station_key, boot_key)
         host.open_session(boot)
         slot = M2354.application_slot
-        assert host.exchange(boot, boot.send(m.DlBegin(slot.base, len(app), hashlib.sha256(app).digest()))).ok
         padded = app + b"\xff" * (-len(app) % 4)
+        pages = -(-len(padded) // M2354.aprom.page_size)
+        assert host.exchange(boot, boot.send(m.Erase(slot.base, pages))).ok
+        assert host.exchange(boot, boot.send(m.SetMassWrite(slot.base, len(padded)))).ok
         for offset in range(0, len(padded), 48):
             assert host.exchange(boot, boot.send(m.MassWrite(offset // 48, padded[offset : offset + 48]))).ok
-        finish = host.exchange(boot, boot.send(m.DlFinish()))
-        return "application" if finish.ok else str(finish.status)
+        verify = host.exchange(boot, boot.send(m.VerifyImage(slot.base)))
+        if not verify.ok:
+            return str(verify.status)
+        assert host.exchange(boot, boot.send(m.Disconnect())).ok
+        return "application"
 
 
 def provision(

@@ -120,7 +120,7 @@ def test_steps_8_to_13_program_each_otp_word_once_and_recover_a_damaged_packet(
     record = Board(uid=UID, station="station-nuref", application_key=app_key.hex())
     journal.save(record)
     steps = _steps(board, journal, signed, ec.generate_private_key(ec.SECP256R1()))
-    damaged = []
+    damaged: list[float] = []
 
     def progress(done: float) -> None:
         if done > 0.5 and not damaged:  # halfway through the download: the next packet is damaged
@@ -140,6 +140,25 @@ def test_steps_8_to_13_program_each_otp_word_once_and_recover_a_damaged_packet(
     assert otp[64:96] == hashlib.sha256(app_key).digest()
     slot = M2354.application_slot.base
     assert board.flash()[slot : slot + len(signed.image)] == signed.image
-    assert 0 in board.exits and 12 in board.exits  # the nRESET after the damage, the vendor reboots
+    assert 0 in board.exits
+    assert 12 in board.exits
     intents = [e for e in journal.steps(UID) if e["phase"] == "otp-intent"]
     assert len(intents) == 4
+
+
+def test_firmware_builds_warning_free_for_the_host_and_cortex_m23(tmp_path: Path) -> None:
+    from tests.conftest import system_tool  # noqa: PLC0415
+
+    system_tool("arm-none-eabi-gcc", "gcc-arm-none-eabi")
+    firmware = Path(__file__).resolve().parents[2] / "firmware"
+    for target in ("warnings", "m23"):
+        result = subprocess.run(
+            ["make", "-s", "-C", str(firmware), target, f"BUILD={tmp_path}"],  # noqa: S607  # system make
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "warning" not in result.stderr
+    assert (tmp_path / "m23" / "vendor.o").exists()
+    assert (tmp_path / "m23" / "sha256.o").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import struct
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -13,7 +14,7 @@ from nuwire import ids, keys
 from nuwire.errors import ProtocolError
 from nuwire.profiles import M2354, FmcCommand, profile
 from nuwire.secureisp import messages as m
-from nuwire.secureisp.commands import Command, Status
+from nuwire.secureisp.commands import Command, Status, Vendor
 from tests.wire.vectors import host_key
 
 PROPERTY = settings(max_examples=1000, deadline=None)
@@ -123,57 +124,35 @@ def test_m2354_profile() -> None:
     assert int(FmcCommand.READ_64) == 0x40
 
 
-request_strategy = st.one_of(
-    st.builds(m.GetId),
-    st.builds(m.GetVersion),
-    st.builds(m.RebootToBootloader),
-    st.builds(m.DlFinish),
-    st.builds(m.ReadOtp, words),
-    st.builds(m.WriteOtp, words, words, words),
-    st.builds(m.Erase, words, words),
-    st.builds(m.Write, words, st.binary(min_size=1, max_size=10).map(lambda b: b * 4)),
-    st.builds(m.SetMassWrite, words, words),
-    st.builds(m.Reset, st.integers(0, 2)),
-    st.builds(m.DlBegin, words, words, st.binary(min_size=32, max_size=32)),
-)
-
-
-@PROPERTY
-@given(request=request_strategy)
-def test_request_payload_round_trip(request: m.Request) -> None:
-    assert m.REQUESTS[request.COMMAND].from_payload(request.to_payload()) == request
-    assert request.packet_id == 0
-
-
-@PROPERTY
-@given(command=st.sampled_from(sorted(m.REQUESTS)), data=st.binary(max_size=48))
-def test_any_payload_decodes_or_raises(command: int, data: bytes) -> None:
-    with contextlib.suppress(ProtocolError):
-        m.REQUESTS[Command(command)].from_payload(data)
+def test_request_payloads_follow_nuvotons_layouts() -> None:
+    assert m.GetId().to_payload() == b""
+    assert m.GetId().index is None
+    assert m.Erase(0x20000, 2).to_payload() == struct.pack("<II", 0x20000, 2)
+    assert m.Write(4, b"abcd").to_payload() == struct.pack("<II", 4, 4) + b"abcd"
+    assert m.SetMassWrite(0x20000, 96).to_payload() == struct.pack("<II", 0x20000, 96)
+    assert m.MassWrite(5, bytes(4)).to_payload() == bytes(4)
+    assert m.MassWrite(5, bytes(4)).index == 5
+    assert m.Reset(1).to_payload() == struct.pack("<I", 1)
+    assert not m.Reset.ANSWERED
+    assert m.ReadOtp(8).to_payload() == struct.pack("<III", 0, Vendor.READ_OTP, 8)
+    assert m.WriteOtp(8, 1, 2).to_payload() == struct.pack("<IIIII", 0, Vendor.WRITE_OTP, 8, 1, 2)
+    assert m.RebootToBootloader().to_payload() == struct.pack("<II", 0, Vendor.REBOOT_TO_BOOTLOADER)
+    assert not m.RebootToBootloader.ANSWERED
+    assert m.VerifyImage(0x20000).to_payload() == struct.pack("<III", 0, Vendor.VERIFY_IMAGE, 0x20000)
+    assert m.Disconnect().COMMAND == Command.DISCONNECT
 
 
 def test_request_refusals() -> None:
     with pytest.raises(ProtocolError, match="WRITE byte count"):
         m.Write(0, b"abc")
-    with pytest.raises(ProtocolError, match="WRITE data length"):
-        m.Write.from_payload(b"1234")
-    with pytest.raises(ProtocolError, match="WRITE byte count"):
-        m.Write.from_payload(bytes(8) + b"abcd")
     with pytest.raises(ProtocolError, match="MASS_WRITE packet id"):
         m.MassWrite(70000, bytes(4))
     with pytest.raises(ProtocolError, match="MASS_WRITE byte count"):
         m.MassWrite(0, bytes(50))
     with pytest.raises(ProtocolError, match="RESET mode"):
         m.Reset(3)
-    with pytest.raises(ProtocolError, match="DL_BEGIN digest length"):
-        m.DlBegin(0, 0, b"")
-    with pytest.raises(ProtocolError, match="DL_BEGIN data length"):
-        m.DlBegin.from_payload(bytes(8))
     with pytest.raises(ProtocolError, match="data word"):
         m.ReadOtp(-1).to_payload()
-    mass = m.MassWrite.from_payload(bytes(8))
-    assert (mass.packet_id, mass.data) == (0, bytes(8))
-    assert m.MassWrite(5, bytes(4)).to_payload() == bytes(4)
 
 
 def test_reply_payloads_round_trip() -> None:
@@ -181,11 +160,27 @@ def test_reply_payloads_round_trip() -> None:
     assert m.ConnectInfo.from_payload(info.to_payload()) == info
     device = m.DeviceId(1, (2, 3, 4), (5, 6, 7, 8), 0xDA)
     assert m.DeviceId.from_payload(device.to_payload()) == device
-    value = m.OtpValue(1, 2)
-    assert m.OtpValue.from_payload(value.to_payload()) == value
     with pytest.raises(ProtocolError, match="GET_ID reply data length"):
         m.DeviceId.from_payload(bytes(8))
-    with pytest.raises(ProtocolError, match="DL_FINISH data length"):
-        m.single_word(b"", "DL_FINISH")
+    with pytest.raises(ProtocolError, match="VERIFY_IMAGE data length"):
+        m.single_word(b"", "VERIFY_IMAGE")
+    otp = m.Reply.from_data(Command.VENDOR, 0x8001, m.vendor_reply(Status.OK, 10, 1, 2))
+    assert m.OtpValue.from_reply(otp, 10) == m.OtpValue(10, 1, 2)
+    assert not m.OtpValue(10, 1, 2).blank
+    assert m.OtpValue(1, 0xFFFFFFFF, 0xFFFFFFFF).blank
+    with pytest.raises(ProtocolError, match="an answer for another entry"):
+        m.OtpValue.from_reply(otp, 11)
+    with pytest.raises(ProtocolError, match="vendor reply byte count"):
+        m.Reply.from_data(Command.VENDOR, 1, struct.pack("<III", 0, 8, 1)).vendor_data()
+    with pytest.raises(ProtocolError, match="vendor reply length"):
+        m.Reply.from_data(Command.VENDOR, 1, struct.pack("<I", 0)).vendor_data()
     reply = m.Reply.from_data(0x85, 1, bytes([0x7B, 0, 0, 0, 9]))
     assert (reply.status, reply.payload, reply.ok) == (Status.ERR_ISP_WRITE, b"\x09", False)
+
+
+def test_short_replies_are_refused() -> None:
+    with pytest.raises(ProtocolError, match="reply data length"):
+        m.Reply.from_data(0x85, 1, b"\0")
+    with pytest.raises(ProtocolError, match="CONNECT reply length"):
+        m.ConnectInfo.from_payload(bytes(8))
+    assert m.single_word(b"\x01\0\0\0", "GET_VERSION") == 1
