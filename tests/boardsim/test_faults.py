@@ -55,6 +55,12 @@ class Live:
             public_key_from_raw(bytes.fromhex(keys["rom_public_key"])),
         )
 
+    def nreset(self) -> None:
+        """What a station does to bring SecureISP back: nRESET through the probe."""
+        board = self.simulator.stations[0].board
+        assert board is not None
+        self.portal.call(board.reset, "nRESET")
+
     def uart(self) -> serial.Serial:
         return serial.Serial(str(self.simulator.stations[0].uart.link), 460_800, timeout=1.0)
 
@@ -130,6 +136,10 @@ def test_uart_loss_gives_read_timeouts_and_corruption_gives_crc_errors(line: Liv
         with pytest.raises(ProtocolError, match="crc32"):
             rom.receive(answer)
         line.faults(uart_corrupt_rate=0.0)
+        drain(device)
+        device.write(line.rom_host().resync())  # the damaged CONNECT ended SecureISP (as on the chip)
+        assert device.read(PACKET_SIZE) == b""
+        line.nreset()
         SerialHost(device).open_session(line.rom_host())
 
 
@@ -148,11 +158,8 @@ def test_brownout_mid_command_loses_the_session(line: Live) -> None:
         drain(device)
         device.write(rom.send(m.GetId()))
         assert device.read(PACKET_SIZE) == b""  # the board reset instead of answering
-        device.write(rom.resend())
-        with pytest.raises(ProtocolError):  # the reset board has no session key: nothing decodes
-            rom.receive(device.read(PACKET_SIZE))
         fresh = line.rom_host()
-        host.open_session(fresh)  # RESYNC and a new handshake recover
+        host.open_session(fresh)  # the reset board's ROM waits for CONNECT: a new session recovers
         assert host.exchange(fresh, fresh.send(m.GetId())).ok
     events = line.simulator.stations[0].board.events  # type: ignore[union-attr]
     assert any(event["cause"] == "brown-out" for event in events if "cause" in event)
@@ -188,9 +195,10 @@ def test_brownout_at_a_byte_offset_resets_the_board(line: Live) -> None:
         device.write(rom.key_exchange())  # the third packet: the board browns out instead of answering
         assert device.read(PACKET_SIZE) == b""
         reply = host.exchange(rom, rom.resend())
-        assert reply.status is Status.ERR_CMD_CONNECT  # the reset board's ROM has no session
+        assert reply.status is Status.ERR_CMD_INVALID  # the reset board's ROM wanted CONNECT, and ends
         assert station.board is not None
         assert any(event.get("cause") == "brown-out" for event in station.board.events)
+        line.nreset()
         host.open_session(line.rom_host())
 
 

@@ -1,4 +1,3 @@
-# mypy: disable-error-code="union-attr,comparison-overlap"
 """The host's SecureISP session against the simulator's model of Nuvoton's target."""
 
 from __future__ import annotations
@@ -39,12 +38,20 @@ def answer(host: HostSession, target: SecureIspTarget, raw: bytes) -> m.Reply:
     return host.receive(response)
 
 
-def handshake(host: HostSession, target: SecureIspTarget) -> None:
+def handshake(host: HostSession, target: SecureIspTarget, until: Phase = Phase.READY) -> None:
     assert answer(host, target, host.resync()).ok
     assert answer(host, target, host.connect()).ok
-    while host.phase is not Phase.READY:
+    while host.phase is not until:
         assert answer(host, target, host.key_exchange()).ok
-    assert host.encrypted
+    assert host.encrypted or until is not Phase.READY
+
+
+def forged_answer(host: HostSession, raw: bytes, payload: bytes) -> bytes:
+    """An OK answer to the request ``raw`` carrying ``payload``, under the host's key."""
+    pending = host._pending  # the key the answer must be under
+    assert pending is not None
+    reply = m.Reply(pending.command, int.from_bytes(raw[4:6], "little"), Status.OK, payload)
+    return encode(Packet(reply.command, reply.packet_id, reply.to_data()), pending.cipher)
 
 
 def test_handshake_and_commands_with_unique_packet_ids() -> None:
@@ -161,33 +168,20 @@ def test_refused_key_exchange_fails_the_session() -> None:
 
 
 def test_random_key_and_coordinate_checks() -> None:
-    host, target = pair()
+    host, target = pair(kdf=Kdf.HKDF_SHA256)
     handshake(host, target)
-    host2, target2 = pair(kdf=Kdf.HKDF_SHA256)
-    handshake(host2, target2)
-    assert answer(host2, target2, host2.send(m.GetId())).ok
-    host3, target3 = pair()
-    assert answer(host3, target3, host3.resync()).ok
-    assert answer(host3, target3, host3.connect()).ok
-    while host3.phase is not Phase.RANDOM_X_RECEIVED:
-        assert answer(host3, target3, host3.key_exchange()).ok
-    raw = host3.key_exchange()
-    response = bytearray(target3.handle(raw).response or b"")
-    fake = m.Reply(Command.ECDH_GET_RAND_PUB1, int.from_bytes(raw[4:6], "little"), Status.OK, b"\x07" * 32)
-    forged = encode(Packet(fake.command, fake.packet_id, fake.to_data()), host3._pending.cipher)
-    assert response
+    assert answer(host, target, host.send(m.GetId())).ok
+    host, target = pair()
+    handshake(host, target, until=Phase.RANDOM_X_RECEIVED)
+    raw = host.key_exchange()
     with pytest.raises(ProtocolError, match="target random key"):
-        host3.receive(forged)
-    assert host3.phase is Phase.FAILED
-    host4, target4 = pair()
-    assert answer(host4, target4, host4.resync()).ok
-    assert answer(host4, target4, host4.connect()).ok
-    while host4.phase is not Phase.RANDOM_SENT:
-        assert answer(host4, target4, host4.key_exchange()).ok
-    raw = host4.key_exchange()
-    short = m.Reply(Command.ECDH_GET_RAND_PUB0, int.from_bytes(raw[4:6], "little"), Status.OK, bytes(8))
+        host.receive(forged_answer(host, raw, b"\x07" * 32))  # not a point on P-256
+    assert host.phase.value == "failed"
+    host, target = pair()
+    handshake(host, target, until=Phase.RANDOM_SENT)
+    raw = host.key_exchange()
     with pytest.raises(ProtocolError, match="reply length"):
-        host4.receive(encode(Packet(short.command, short.packet_id, short.to_data()), host4._pending.cipher))
+        host.receive(forged_answer(host, raw, bytes(8)))
 
 
 def test_host_refuses_illegal_steps() -> None:
