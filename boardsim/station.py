@@ -58,7 +58,8 @@ class StationFaults:
     def update(self, values: dict[str, object]) -> None:
         uart_names = {"uart_loss_rate": "loss_rate", "uart_corrupt_rate": "corrupt_rate",
                       "brownout_at_byte": "brownout_at_byte", "brownout_at_command": "brownout_at_command",
-                      "slow_factor": "slow_factor"}  # fmt: skip
+                      "slow_factor": "slow_factor",
+                      "answer_lost_at_command": "answer_lost_at_command"}  # fmt: skip
         for name, value in values.items():
             if name in uart_names:
                 setattr(self.uart, uart_names[name], value)

@@ -32,6 +32,8 @@ class UartFaults:
     brownout_at_byte: int | None = None
     """Reset the board when this many bytes have arrived from the station since it was inserted."""
     brownout_at_command: int | None = None
+    answer_lost_at_command: int | None = None
+    """The board carries out the next packet with this command id, and its answer is lost (once)."""
     """Reset the board when a packet with this SecureISP command id arrives (once)."""
     slow_factor: float = 1.0
     rng: random.Random = field(default_factory=random.Random)
@@ -131,6 +133,9 @@ class UartPort:
         started = anyio.current_time()
         handled = isp.handle(raw)
         if handled is None or handled.response is None:
+            return
+        if faults.answer_lost_at_command == handled.command:
+            faults.answer_lost_at_command = None
             return
         self.stats.packets += 1
         work = (max(0.0, board.busy_until - board.clock()) + board.timing.aes_packet) * faults.slow_factor

@@ -12,12 +12,16 @@ sub-commands (docs/protocols.md).
 Nuvoton's target stops answering after any damaged or refused exchange, so the whole group is
 retried after an nRESET pulse through the probe (it works on a locked part) with a fresh session;
 the journal and the board's own OTP say what is already done, so nothing is programmed twice.
+A download cut off by a lost session resumes at the first chunk the bootloader did not acknowledge
+(no erase: programming a word again with the same value changes nothing, and every chunk is read
+back by the target), so a noisy line still finishes a long image; VERIFY_IMAGE checks it whole. The
+group gives up after ``attempts`` lost sessions in a row that moved the download on by nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -33,7 +37,7 @@ from nuwire.secureisp.session import HostSession
 from nuwire.secureisp.states import Role
 from orchestrator.errors import Fatal, Quarantine, Swapped
 from orchestrator.journal import Board, Journal
-from orchestrator.uart import SessionLost, UartFailure, UartLink
+from orchestrator.uart import Refused, SessionLost, UartFailure, UartLink
 
 T = TypeVar("T")
 StepRunner = Callable[[Board, int, Callable[[], Awaitable[Any]]], Awaitable[Any]]
@@ -67,6 +71,8 @@ class IspSteps:
     """Runs one numbered step (the station journals it, times it, shows it)."""
     progress: Callable[[float], None] = lambda _: None
     log: Any = None
+    _resume: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+    """UID -> (the image, chunks the bootloader acknowledged) for a download cut off."""
 
     def session(self, role: Role) -> HostSession:
         key = self.keys.rom if role is Role.ROM else self.keys.bootloader
@@ -74,17 +80,25 @@ class IspSteps:
 
     async def run(self, board: Board) -> None:
         """The group, retried after an nRESET when a session is lost."""
-        for attempt in range(1, self.attempts + 1):
-            if attempt > 1:
+        stalled = 0
+        try:
+            while True:
+                before = self._resume.get(board.uid, (b"", 0))[1]
+                try:
+                    await self.once(board)
+                    return
+                except UartFailure as error:
+                    moved = self._resume.get(board.uid, (b"", 0))[1] > before
+                    stalled = 1 if moved else stalled + 1
+                    if stalled >= self.attempts:
+                        raise
+                    if self.log is not None:
+                        self.log.warning(
+                            "uart.recover", uid=board.uid, stalled=stalled, error=str(error)[:300]
+                        )
                 await self.reset()
-            try:
-                await self.once(board)
-                return
-            except UartFailure as error:
-                if attempt == self.attempts:
-                    raise
-                if self.log is not None:
-                    self.log.warning("uart.recover", uid=board.uid, attempt=attempt, error=str(error)[:300])
+        finally:
+            self._resume.pop(board.uid, None)
 
     async def once(self, board: Board) -> None:
         app_key = bytes.fromhex(board.application_key or "")
@@ -145,13 +159,23 @@ class IspSteps:
         await self._check_uid(link, boot, board)
         slot = self.profile.application_slot
         padded = image + b"\xff" * (-len(image) % 4)
-        pages = -(-len(padded) // self.profile.aprom.page_size)
-        _ok(await link.send(boot, m.Erase(slot.base, pages)), "ERASE")
+        earlier, done = self._resume.get(board.uid, (b"", 0))
+        if earlier != image:  # a new download: the slot is erased first
+            done = 0
+            pages = -(-len(padded) // self.profile.aprom.page_size)
+            _ok(await link.send(boot, m.Erase(slot.base, pages)), "ERASE")
         _ok(await link.send(boot, m.SetMassWrite(slot.base, len(padded))), "SET_MASS_WRITE")
-        self.progress(0.0)
-        for offset in range(0, len(padded), 48):
+        self.progress(done * 48 / len(padded))
+        for offset in range(done * 48, len(padded), 48):
             chunk = m.MassWrite(offset // 48, padded[offset : offset + 48])
-            _ok(await link.send(boot, chunk), f"MASS_WRITE at {offset}")
+            try:
+                _ok(await link.send(boot, chunk), f"MASS_WRITE at {offset}")
+            except SessionLost:
+                self._resume[board.uid] = (image, offset // 48)  # chunks before it read back fine
+                raise
+            except Refused:
+                self._resume.pop(board.uid, None)  # the flash did not program: erase and start over
+                raise
             self.progress(min(1.0, (offset + 48) / len(padded)))
 
     async def finish(self, link: UartLink, boot: HostSession, size: int) -> None:
@@ -167,5 +191,5 @@ class IspSteps:
 def _ok(reply: m.Reply | None, what: str) -> m.Reply:
     if reply is None or not reply.ok:
         status = reply.status if reply is not None else "no answer"
-        raise UartFailure(f"{what} refused: {status!r}")
+        raise Refused(f"{what} refused: {status!r}")
     return reply

@@ -35,6 +35,10 @@ class SessionLost(UartFailure):
     """The target gave no valid answer, or ended SecureISP: only a reset brings it back."""
 
 
+class Refused(UartFailure):
+    """The target answered a request with a refusal (it keeps its session)."""
+
+
 class UartLink:
     def __init__(
         self,

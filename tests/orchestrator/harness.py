@@ -8,6 +8,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +50,12 @@ class SimulatedLine:
 
     daemons: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
+    def fault(self, station: str, **settings: object) -> None:
+        """Set faults on a simulated station while the line runs (``boardsim ctl``)."""
+        request = json.dumps({"op": "faults", "station": station, "set": settings})
+        command = [venv_tool("boardsim"), "ctl", "--state-dir", str(self.workdir / "boards"), request]
+        subprocess.run(command, capture_output=True, check=True)
+
     def daemon(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         command = [
             venv_tool("orchestrator"),
@@ -66,6 +73,19 @@ class SimulatedLine:
         )
         self.daemons.append(process)
         return process
+
+    def serving(self, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+        """Wait until ``process`` serves (its api.json names it): a SIGTERM from then on is handled."""
+        address = self.journal.parent / "api.json"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if json.loads(address.read_text()).get("pid") == process.pid:
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"daemon {process.pid} did not start serving (exit {process.poll()})")
 
 
 @contextmanager
