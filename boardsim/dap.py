@@ -36,6 +36,8 @@ class SwdPort:
     board: Board | None = None
     core: Core | None = None
     fault_rate: float = 0.0
+    disconnected: bool = False
+    """SWDIO/SWCLK lost (a loose cable): the DP answers nothing, as a locked part does; nRESET works."""
     rng: random.Random = field(default_factory=random.Random)
     ctrl_stat: int = 0
     select: int = 0
@@ -50,7 +52,7 @@ class SwdPort:
 
     @property
     def answers(self) -> bool:
-        return self.board is not None and not self.board.debug_locked
+        return self.board is not None and not self.board.debug_locked and not self.disconnected
 
     def dp_read(self, address: int) -> tuple[int, int]:
         if not self.answers:

@@ -53,6 +53,7 @@ class StationFaults:
 
     unplugged: bool = False
     swd_fault_rate: float = 0.0
+    swd_disconnected: bool = False
     uart: UartFaults = field(default_factory=UartFaults)
 
     def update(self, values: dict[str, object]) -> None:
@@ -63,11 +64,12 @@ class StationFaults:
         for name, value in values.items():
             if name in uart_names:
                 setattr(self.uart, uart_names[name], value)
-            elif name in ("unplugged", "swd_fault_rate"):
+            elif name in ("unplugged", "swd_fault_rate", "swd_disconnected"):
                 setattr(self, name, value)
             else:
                 raise ValueError(
-                    f"unknown fault {name!r}: use unplugged, swd_fault_rate or {', '.join(uart_names)}"
+                    f"unknown fault {name!r}: use unplugged, swd_fault_rate, swd_disconnected or "
+                    f"{', '.join(uart_names)}"
                 )
 
 
@@ -132,7 +134,11 @@ class Station:
         self.done: list[str] = []
         self.probe = DapProbe(
             self.serial,
-            SwdPort(fault_rate=faults.swd_fault_rate, rng=random.Random(index)),  # noqa: S311  # fault injection, not crypto
+            SwdPort(
+                fault_rate=faults.swd_fault_rate,
+                disconnected=faults.swd_disconnected,
+                rng=random.Random(index),  # noqa: S311  # fault injection, not crypto
+            ),
         )
         self.probe_server = ProbeServer(self.probe, probe_dir / f"{self.serial}.sock", link_timing)
         self.uart = UartPort(uart_dir / self.name, baud, lambda: self.isp, faults.uart)
@@ -145,6 +151,7 @@ class Station:
 
     def apply_faults(self) -> None:
         self.probe.port.fault_rate = self.faults.swd_fault_rate
+        self.probe.port.disconnected = self.faults.swd_disconnected
         self.uart.faults = self.faults.uart
 
     def enqueue(self, count: int, kind: str = "blank") -> None:

@@ -77,12 +77,13 @@ def run_command(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     from orchestrator.api import ApiError  # noqa: PLC0415
+    from orchestrator.journal import JournalBusy  # noqa: PLC0415
 
     logs.configure(args.log_file)
     try:
         anyio.run(functools.partial(run, config, args.journal, config_path=args.config))
     except Exception as error:
-        failure = _first(error, ApiError)
+        failure = _first(error, ApiError) or _first(error, JournalBusy)
         if failure is None:
             raise
         print(f"orchestrator: error: {args.config}: {failure}", file=sys.stderr)
@@ -201,6 +202,7 @@ def report_command(args: argparse.Namespace) -> int:
 def demo_command(args: argparse.Namespace) -> int:
     from orchestrator.api import ApiError  # noqa: PLC0415
     from orchestrator.demo import demo  # noqa: PLC0415
+    from orchestrator.journal import JournalBusy  # noqa: PLC0415
 
     try:
         return demo(
@@ -215,10 +217,11 @@ def demo_command(args: argparse.Namespace) -> int:
             hold=args.hold,
         )
     except Exception as error:
-        failure = _first(error, ApiError)  # raised inside the demo's task group
+        failure = _first(error, ApiError) or _first(error, JournalBusy)  # raised inside the task group
         if failure is None:
             raise
-        print(f"orchestrator demo: error: {failure} (choose another with --api-port)", file=sys.stderr)
+        hint = " (choose another with --api-port)" if isinstance(failure, ApiError) else ""
+        print(f"orchestrator demo: error: {failure}{hint}", file=sys.stderr)
         return 2
 
 

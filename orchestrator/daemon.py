@@ -44,6 +44,7 @@ class Line:
         self.config_path = config_path
         self._config_folder = config_path.absolute().parent if config_path is not None else None
         self.journal = journal
+        journal.claim()  # one daemon per journal
         self.metrics = Metrics()
         self.metrics.info.labels(config.line, config.job_id).set(1)
         self.metrics.watch(lambda: self.runners)

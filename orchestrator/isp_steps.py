@@ -124,6 +124,22 @@ class IspSteps:
             await self.step(board, 12, lambda: self.download(link, boot, board, signed.image))
             await self.step(board, 13, lambda: self.finish(link, boot, len(signed.image)))
 
+    async def inspect(self) -> tuple[str, int] | None:
+        """(UID, CONFIG0) as the board's own SecureISP reports them (the ROM's, or its bootloader's),
+        or None when neither answers. Writes nothing."""
+        for role in (Role.ROM, Role.BOOTLOADER):
+            try:
+                async with self.link() as link:
+                    session = self.session(role)
+                    await link.open_session(session)
+                    ident = _ok(await link.send(session, m.GetId()), "GET_ID")
+                    config = _ok(await link.send(session, m.ReadConfig()), "READ_CONFIG")
+            except (UartFailure, OSError):
+                continue
+            uid = format_uid(m.DeviceId.from_payload(ident.payload).uid)
+            return uid, int.from_bytes(config.payload[:4].ljust(4, b"\xff"), "little")
+        return None
+
     async def _check_uid(self, link: UartLink, session: HostSession, board: Board) -> None:
         reply = await link.send(session, m.GetId())
         uid = format_uid(m.DeviceId.from_payload(_ok(reply, "GET_ID").payload).uid)

@@ -8,7 +8,9 @@ After a crash, a step with an intent and no result is settled by reading the boa
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -49,6 +51,10 @@ class Board:
     reported: float | None = None  # when the cloud took the result (results wait here until then)
 
 
+class JournalBusy(OSError):
+    """Another daemon holds the journal: two daemons on one journal fight over the same boards."""
+
+
 class Journal:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,12 +68,31 @@ class Journal:
         if "reported" not in columns:  # a journal written before results were kept for the cloud
             self._db.execute("ALTER TABLE boards ADD COLUMN reported REAL")
         self._lock = threading.Lock()
+        self._claim: int | None = None
 
     def __repr__(self) -> str:
         return f"<Journal {self.path}>"
 
+    def claim(self) -> None:
+        """Hold the journal for this process alone (an exclusive lock on ``<journal>.lock``, which
+        names the holder's pid), until the process ends. JournalBusy names the daemon holding it."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(descriptor)
+            raise JournalBusy(f"{self.path} is in use by the daemon with pid {holder}") from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        self._claim = descriptor  # kept open: the lock lasts as long as the process
+
     def close(self) -> None:
         self._db.close()
+        if self._claim is not None:
+            os.close(self._claim)
+            self._claim = None
 
     def board(self, uid: str) -> Board | None:
         with self._lock:
@@ -99,6 +124,12 @@ class Journal:
                 "VALUES (?,?,?,?,?,?,?,?)",
                 (uid, station, step, phase, attempt, outcome, json.dumps(outputs or {}), time.time()),
             )
+
+    def seen(self, uid: str, phase: str) -> bool:
+        """Whether the board's journal holds a row of ``phase`` (e.g. ``lock-verified``)."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM steps WHERE uid = ? AND phase = ? LIMIT 1", (uid, phase))
+            return row.fetchone() is not None
 
     def open_intents(self, uid: str) -> list[int]:
         """Steps with an intent whose result was never written (a crash in between)."""

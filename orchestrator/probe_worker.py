@@ -11,11 +11,13 @@ daemon's event loop.
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
+import os
 import tempfile
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -32,8 +34,25 @@ class ProbeFailure(Exception):
         return self.kind in ("probe", "transfer", "timeout")
 
 
+FAULT_RETRIES = 16
+"""An SWD access the target answered with FAULT was not carried out: it is safe to repeat a read, and
+a program is repeated only after a read shows it did not happen."""
+T = TypeVar("T")
+
+
+def _transfer_fault() -> type[Exception]:
+    from pyocd.core.exceptions import TransferFaultError  # noqa: PLC0415  # pyOCD loads slowly
+
+    fault: type[Exception] = TransferFaultError
+    return fault
+
+
 class _Target:
-    """The board's FMC driven through pyOCD, the way the ROM's own code would drive it."""
+    """The board's FMC driven through pyOCD, the way the ROM's own code would drive it.
+
+    An SWD transfer fault repeats the one FMC command it hit (reads at once, programs after a read
+    back), so a noisy link costs time, not the board; the station's step retries are for the rest.
+    """
 
     def __init__(
         self, session: Any, target_profile: TargetProfile, progress: Callable[[float], None] | None = None
@@ -67,39 +86,89 @@ class _Target:
             self.t.read32(f.base + f.mpdat1),
         )
 
+    def again(self, action: Callable[[], T]) -> T:
+        """``action`` (idempotent), repeated after SWD transfer faults."""
+        fault = _transfer_fault()
+        for attempt in range(FAULT_RETRIES):
+            try:
+                return action()
+            except fault:
+                if attempt == FAULT_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def read(self, command: int, address: int) -> tuple[int, int, int]:
+        return self.again(lambda: self.isp(command, address))
+
     def uid(self) -> list[int]:
-        self.unlock()
-        return [self.isp(FmcCommand.READ_UID, 4 * i)[0] for i in range(3)]
+        self.again(self.unlock)
+        return [self.read(FmcCommand.READ_UID, 4 * i)[0] for i in range(3)]
 
     def read_words(self, address: int, count: int) -> list[int]:
-        self.unlock()
-        return [self.isp(FmcCommand.READ, address + 4 * i)[0] for i in range(count)]
+        self.again(self.unlock)
+        return [self.read(FmcCommand.READ, address + 4 * i)[0] for i in range(count)]
 
     def read_otp(self, entries: list[int]) -> list[tuple[int, int]]:
-        self.unlock()
+        self.again(self.unlock)
         out = []
         for entry in entries:
-            _, low, high = self.isp(FmcCommand.READ_64, self.p.otp.entry_address(entry))
+            _, low, high = self.read(FmcCommand.READ_64, self.p.otp.entry_address(entry))
             out.append((low, high))
         return out
 
     def program_words(self, address: int, words: list[int]) -> None:
-        self.unlock()
+        self.again(self.unlock)
         for i, word in enumerate(words):
-            self.isp(FmcCommand.PROGRAM, address + 4 * i, word)
+            self._program(address + 4 * i, word)
+
+    def _program(self, address: int, word: int) -> None:
+        fault = _transfer_fault()
+        for attempt in range(FAULT_RETRIES):
+            try:
+                self.isp(FmcCommand.PROGRAM, address, word)
+                return
+            except fault:
+                if self.read(FmcCommand.READ, address)[0] == word:
+                    return  # it was carried out before the fault was reported
+                if attempt == FAULT_RETRIES - 1:
+                    raise
 
     def flash(self, address: int, data: bytes) -> None:
+        """pyOCD's flash loader; on an SWD fault, the FMC's own page erase and word programs."""
         from pyocd.flash.loader import MemoryLoader  # noqa: PLC0415
 
-        loader = MemoryLoader(self.session, progress=self.progress, smart_flash=False)
-        loader.add_data(address, list(data))
-        loader.commit()
+        try:
+            loader = MemoryLoader(self.session, progress=self.progress, smart_flash=False)
+            loader.add_data(address, list(data))
+            loader.commit()
+        except _transfer_fault():
+            self._flash_by_fmc(address, data)
+
+    def _flash_by_fmc(self, address: int, data: bytes) -> None:
+        self.again(self.t.halt)
+        self.again(self.unlock)
+        page = self.p.aprom.page_size
+        for offset in range(0, len(data), page):
+            self.read(FmcCommand.PAGE_ERASE, address + offset)  # erasing again changes nothing
+        padded = data + b"\xff" * (-len(data) % 4)
+        for offset in range(0, len(padded), 4):
+            word = int.from_bytes(padded[offset : offset + 4], "little")
+            if word != 0xFFFFFFFF:
+                self._program(address + offset, word)
+            if offset % 1024 == 0:
+                self.progress(offset / len(padded))
+        self.progress(1.0)
 
     def read_memory(self, address: int, length: int) -> bytes:
-        return bytes(self.t.read_memory_block8(address, length))
+        def chunk(at: int) -> bytes:
+            return bytes(self.t.read_memory_block8(at, min(256, address + length - at)))
+
+        return b"".join(
+            self.again(functools.partial(chunk, at)) for at in range(address, address + length, 256)
+        )
 
     def reset(self) -> None:
-        self.t.reset_and_halt()
+        self.again(self.t.reset_and_halt)
 
 
 def _one_bar(send: Callable[[float], None]) -> Callable[[float], None]:
@@ -135,12 +204,26 @@ def _pulse_reset(unique_id: str, options: dict[str, Any]) -> None:  # pragma: no
         probe.close()
 
 
+def _die_with(parent: int) -> None:  # pragma: no cover - runs in the worker process
+    """The worker ends with the daemon, even a SIGKILLed one (Linux PR_SET_PDEATHSIG), and leaves
+    Ctrl-C to the daemon, which stops its stations at a safe point first."""
+    import ctypes  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the daemon died before the call above
+        os._exit(0)
+
+
 def serve(  # noqa: PLR0915  # the worker's one dispatch loop, kept in one place
-    connection: Connection, unique_id: str, profile_name: str, frequency: int
+    connection: Connection, unique_id: str, profile_name: str, frequency: int, parent: int
 ) -> None:  # pragma: no cover - runs in the worker process
     """The worker process: open sessions on demand, carry out requests, answer on the pipe."""
     import logging  # noqa: PLC0415
 
+    _die_with(parent)
     from pyocd.core import exceptions  # noqa: PLC0415
     from pyocd.core.helpers import ConnectHelper  # noqa: PLC0415
 
@@ -187,14 +270,6 @@ def serve(  # noqa: PLR0915  # the worker's one dispatch loop, kept in one place
             target = _Target(
                 session, target_profile, _one_bar(lambda done: connection.send(("progress", done)))
             )
-            if operation == "lock_and_reset":
-                lock = target_profile.debug_lock
-                target.program_words(lock.config_address, [0xFFFFFFFF & ~lock.mask])
-                with contextlib.suppress(exceptions.Error):  # the locked port stops answering after reset
-                    target.t.reset()
-                close()
-                connection.send(("ok", None))
-                continue
             connection.send(("ok", getattr(target, operation)(*args)))
         except ProbeFailure as failure:
             connection.send(("error", failure.kind, str(failure)))
@@ -240,7 +315,9 @@ class ProbeWorker:
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
         self._process = context.Process(
-            target=serve, args=(child, self.unique_id, self.profile_name, self.frequency), daemon=True
+            target=serve,
+            args=(child, self.unique_id, self.profile_name, self.frequency, os.getpid()),
+            daemon=True,
         )
         self._process.start()
         child.close()

@@ -27,8 +27,6 @@ from nuwire.errors import ProtocolError
 from nuwire.ids import RECORD_SIZE, decode_obj_id_record, encode_obj_id_record, format_uid, parse_obj_id
 from nuwire.keys import public_key_from_raw
 from nuwire.profiles import TargetProfile
-from nuwire.secureisp import messages as m
-from nuwire.secureisp.states import Role
 from orchestrator.config import LineConfig, Station
 from orchestrator.errors import Fatal, Quarantine, Swapped
 from orchestrator.isp_steps import HostKeys, IspSteps
@@ -40,6 +38,8 @@ from orchestrator.uart import UartFailure, UartLink
 
 T = TypeVar("T")
 ERASED = 0xFFFFFFFF
+LOCK_READS = 3
+"""Reads of the debug port that must all go unanswered before a board is taken for locked."""
 
 
 def retryable(error: BaseException) -> bool:
@@ -228,28 +228,41 @@ class StationRunner:
     # -- finding a board ---------------------------------------------------------------------------
 
     async def identify(self) -> tuple[str, str] | None:
-        """(UID, "debug" or "uart") of the board in the fixture, or None when nothing answers."""
+        """(UID, "debug" or "uart") of the board in the fixture, or None when nothing answers.
+
+        A board is taken for a locked one ("uart") only on evidence: its debug port answers nothing
+        on every one of LOCK_READS reads, and its SecureISP reports its UID and a CONFIG0 with the
+        lock setting. Any other failure, a flaky SWD read included, is "try again", never a verdict.
+        """
         try:
             return format_uid(tuple(await self.debug("uid"))), "debug"
         except ProbeFailure as failure:
             if failure.kind != "not_detected":
                 return None
-        for role in (Role.ROM, Role.BOOTLOADER):
+        seen = await self._lock_seen()
+        return None if seen is None else (seen[0], "uart")
+
+    async def _lock_seen(self) -> tuple[str, int] | None:
+        """(UID, CONFIG0) when the lock is seen on the board (see identify), else None."""
+        for _ in range(LOCK_READS):
             try:
-                async with self._uart() as link:
-                    session = self.isp.session(role)
-                    await link.open_session(session)
-                    reply = await link.send(session, m.GetId())
-                    uid = format_uid(m.DeviceId.from_payload(reply.payload if reply else b"").uid)
-            except (UartFailure, ValueError, OSError):
-                continue
-            # The debug port may just have missed a board being inserted: ask it again before
-            # taking the board for a locked one.
-            try:
-                return format_uid(tuple(await self.debug("uid"))), "debug"
-            except ProbeFailure:
-                return uid, "uart"
-        return None
+                await self.debug("uid")
+            except ProbeFailure as failure:
+                if failure.kind == "not_detected":
+                    continue
+            return None  # it answered, or failed another way: not evidence of a lock
+        found = await self.isp.inspect()
+        if found is None or not self.profile.debug_lock.is_locked(found[1]):
+            # A silent debug port on a board whose SecureISP says it is not locked: the SWD link
+            # is lost (a cable, a probe), not the lock.
+            self.log.warning(
+                "lock.not_seen",
+                uid=found[0] if found else None,
+                config0=f"0x{found[1]:08X}" if found else None,
+                reason="debug port silent, CONFIG0 unlocked" if found else "no SecureISP answer",
+            )
+            return None
+        return found
 
     def _uart(self) -> UartLink:
         counter = self.metrics.uart_bytes
@@ -319,8 +332,10 @@ class StationRunner:
             if via == "debug":
                 await self.debug_steps(board)
             elif board.bootloader_key is None:
-                # Locked, yet this line never burnt its key: not a board this line can finish.
+                # Locked (seen), yet this line never burnt its key: not a board this line can finish.
                 raise Quarantine("the debug port is locked and the journal has no record of steps 1-6")
+            elif not self.journal.seen(uid, "lock-verified") and not await self._verify_lock(board):
+                raise Fatal("the board is found over SecureISP but its lock is not seen")
             board.application_key = (
                 await self.step(
                     board, 7, lambda: self.cloud.application_key(self.line.job_id, uid, self._obj(board))
@@ -328,6 +343,8 @@ class StationRunner:
             ).hex()
             self.journal.save(board)
             await self.uart_steps(board)
+            if not self.journal.seen(uid, "lock-verified"):  # invariant: no board ships unlocked
+                raise Fatal("the debug lock was never seen on this board")
             board.outcome = "PASS"
         except Swapped as swap:
             log.warning("board.swapped", reason=str(swap))
@@ -424,34 +441,60 @@ class StationRunner:
         await self._reset_and_lock(board)
 
     async def _reset_and_lock(self, board: Board) -> None:
-        """Steps 5 and 6."""
+        """Steps 5 and 6. The lock is proven, never assumed: CONFIG0 read back with the lock setting
+        before the reset, then the debug port silent while SecureISP reports the board's UID and
+        that CONFIG0 (``lock-verified`` in the journal). A reset the debug port does not answer is a
+        lost link (retried), unless the lock is seen: a run that crashed after programming CONFIG0."""
         p = self.profile
-        locked_by_reset = False
 
         async def reset() -> None:
-            nonlocal locked_by_reset
             try:
                 await self.debug("reset")
             except ProbeFailure as failure:
-                # A run that crashed after programming CONFIG0 left the lock waiting for a reset:
-                # this reset applied it. Step 8 re-checks the UID over SecureISP before any write.
-                if failure.kind != "not_detected":
-                    raise
-                locked_by_reset = True
+                if failure.kind != "not_detected" or not await self._verify_lock(board):
+                    raise ProbeFailure("probe", f"reset not answered, and no lock seen ({failure})") from None
 
         await self.step(board, 5, reset)
 
         async def lock() -> None:
-            if locked_by_reset:
+            if self.journal.seen(board.uid, "lock-verified"):
                 return
-            await self._check_uid(board)
-            config0 = (await self.debug("read_words", p.debug_lock.config_address, 1))[0]
-            if p.debug_lock.is_locked(config0):
+            try:
+                await self._check_uid(board)
+                config0 = (await self.debug("read_words", p.debug_lock.config_address, 1))[0]
+            except ProbeFailure as failure:
+                if failure.kind != "not_detected" or not await self._verify_lock(board):
+                    raise ProbeFailure("probe", f"debug port lost before the lock ({failure})") from None
                 return
-            with anyio.CancelScope(shield=True):
-                await self.debug("lock_and_reset")
+            if not p.debug_lock.is_locked(config0):
+                self.journal.event(board.uid, self.station.name, 6, "lock-intent")
+                with anyio.CancelScope(shield=True):  # never stopped between the program and its read-back
+                    await self.debug(
+                        "program_words", p.debug_lock.config_address, [config0 & ~p.debug_lock.mask]
+                    )
+                    config0 = (await self.debug("read_words", p.debug_lock.config_address, 1))[0]
+                if not p.debug_lock.is_locked(config0):
+                    raise ProbeFailure(
+                        "transfer", f"CONFIG0 reads 0x{config0:08X} after programming the lock"
+                    )
+            self.journal.event(
+                board.uid, self.station.name, 6, "lock-config", outputs={"config0": f"0x{config0:08X}"}
+            )
+            await self.debug("hardware_reset")  # the lock takes effect at reset
+            if not await self._verify_lock(board):
+                raise ProbeFailure("probe", "the debug port still answers after the lock and a reset")
 
         await self.step(board, 6, lock)
+
+    async def _verify_lock(self, board: Board) -> bool:
+        """The lock seen on this board: journaled as ``lock-verified`` with its CONFIG0."""
+        seen = await self._lock_seen()
+        if seen is None or seen[0] != board.uid:
+            return False
+        self.journal.event(
+            board.uid, self.station.name, 6, "lock-verified", outputs={"config0": f"0x{seen[1]:08X}"}
+        )
+        return True
 
     async def _burn_entries(self, board: Board, number: int, wanted: dict[int, tuple[int, int]]) -> None:
         found = await self.debug("read_otp", list(wanted))

@@ -5,6 +5,7 @@ the layout Nuvoton's CommandHandler.c reads (docs/protocols.md gives the source 
 
     GET_ID                -
     GET_VERSION           -
+    READ_CONFIG           -
     DISCONNECT            -   (SecureISP ends; the target answers nothing more until reset)
     ERASE                 address, page count
     WRITE                 address, byte count, data (<= 40 bytes)
@@ -22,6 +23,7 @@ Replies carry the status in word 0, then the rows below (only when the status is
     CONNECT     PDID, IV (16 bytes), command mask, 0, 0
     GET_ID      PDID, UID0..2, UCID0..3, CID, 0
     GET_VERSION version
+    READ_CONFIG CONFIG0, FNSADDR, 0, APROM size, 0, CONFIG3, XOM status x5
     VENDOR      byte count, then:  READ_OTP entry, low, high;  VERIFY_IMAGE bytes checked
 """
 
@@ -77,6 +79,13 @@ class GetId(Request):
 @dataclass(frozen=True, slots=True)
 class GetVersion(Request):
     COMMAND = Command.GET_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class ReadConfig(Request):
+    """CONFIG0 (word 0 after the status) is how the part says whether its debug port is locked."""
+
+    COMMAND = Command.READ_CONFIG
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,14 @@ KEY_EXCHANGE: tuple[tuple[Phase, Command, Phase], ...] = (
 )
 KEY_EXCHANGE_PHASES = frozenset(phase for phase, _, _ in KEY_EXCHANGE) - {Phase.IDLE}
 
-_QUERIES = (Command.GET_ID, Command.GET_VERSION, Command.ERASE, Command.WRITE, Command.VENDOR)
+_QUERIES = (
+    Command.GET_ID,
+    Command.GET_VERSION,
+    Command.READ_CONFIG,
+    Command.ERASE,
+    Command.WRITE,
+    Command.VENDOR,
+)
 _COMMANDS: tuple[tuple[Phase, Command, Phase], ...] = (
     *((phase, command, phase) for phase in (Phase.READY, Phase.MASS_WRITE) for command in _QUERIES),
     (Phase.READY, Command.SET_MASS_WRITE, Phase.MASS_WRITE),

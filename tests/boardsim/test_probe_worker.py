@@ -9,6 +9,7 @@ import os
 import anyio
 import pytest
 
+from nuwire.profiles import M2354
 from orchestrator.probe_worker import ProbeFailure, ProbeWorker
 from tests.boardsim.conftest import UID, Rig
 
@@ -25,7 +26,9 @@ def test_flash_reports_progress_and_nreset_works_on_a_locked_board(rig: Rig) -> 
             assert len(seen) >= 5
             assert seen == sorted(seen)
             assert seen[-1] == 1.0
-            await worker.call("lock_and_reset", limit_s=30)
+            lock = M2354.debug_lock
+            await worker.call("program_words", lock.config_address, [0xFFFFFFFF & ~lock.mask], limit_s=30)
+            await worker.call("hardware_reset", limit_s=30)  # the lock takes effect at reset
             with pytest.raises(ProbeFailure, match=r"not detected|No ACK") as failure:
                 await worker.call("uid", limit_s=30)
             assert failure.value.kind == "not_detected"

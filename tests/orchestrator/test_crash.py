@@ -171,3 +171,59 @@ def test_sigkill_inside_every_step_then_resume(tmp_path: Path) -> None:
     assert state["booted"] == "application"
     assert state["otp_program_counts"][:24] == [1] * 24
     assert not any(state["otp_program_counts"][24:])
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_probe_workers_die_with_a_killed_daemon(tmp_path: Path) -> None:
+    """SIGKILL of the daemon leaves no probe worker holding its probe (issue 10, finding 7)."""
+    workdir = tmp_path / "line"
+    with simulated_line(workdir, stations=2, boards=1, baud=460_800, app_size=4000, quantity=2) as line:
+        daemon = line.daemon()
+        deadline = time.monotonic() + 120
+        while len(_children(daemon.pid)) < 2:  # a worker per station (and its resource tracker)
+            assert time.monotonic() < deadline
+            assert daemon.poll() is None
+            time.sleep(0.05)
+        workers = _children(daemon.pid)
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait()
+        while any(_alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, f"left running: {[p for p in workers if _alive(p)]}"
+            time.sleep(0.05)
+
+
+def test_a_second_daemon_on_the_same_journal_is_refused(tmp_path: Path) -> None:
+    """Two daemons on one journal fight over the probes (issue 10, finding 8): the second exits 2."""
+    workdir = tmp_path / "line"
+    with simulated_line(workdir, stations=1, boards=1, baud=460_800, app_size=4000, quantity=1) as line:
+        first = line.daemon()
+        line.serving(first)
+        second = subprocess.run(
+            [venv_tool("orchestrator"), "run", "--config", str(line.config), "--journal", str(line.journal)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert second.returncode == 2
+        assert f"in use by the daemon with pid {first.pid}" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+        assert first.poll() is None  # the first goes on
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 0

@@ -91,6 +91,9 @@ class FakeProbe:
     async def call(self, operation: str, *args: Any, limit_s: float, on_progress: Any = None) -> Any:
         self.on_call(operation)
         board = self.fixture.board
+        if operation == "hardware_reset":  # nRESET: a pin of its own, answered also when locked
+            board.reset("nRESET")
+            return None
         if board.debug_locked:
             raise ProbeFailure("not_detected", "Target not detected")
         try:
@@ -103,12 +106,6 @@ class FakeProbe:
                         address + offset,
                         int.from_bytes(data[offset : offset + 4].ljust(4, b"\xff"), "little"),
                     )
-                return None
-            if operation == "lock_and_reset":
-                self.target.program_words(
-                    M2354.debug_lock.config_address, [0xFFFFFFFF & ~M2354.debug_lock.mask]
-                )
-                board.reset("debugger reset")
                 return None
             return getattr(self.target, operation)(*args)
         except BusFault as fault:

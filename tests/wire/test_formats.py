@@ -140,6 +140,7 @@ def test_request_payloads_follow_nuvotons_layouts() -> None:
     assert not m.RebootToBootloader.ANSWERED
     assert m.VerifyImage(0x20000).to_payload() == struct.pack("<III", 0, Vendor.VERIFY_IMAGE, 0x20000)
     assert m.Disconnect().COMMAND == Command.DISCONNECT
+    assert m.ReadConfig().COMMAND == Command.READ_CONFIG
 
 
 def test_request_refusals() -> None:
