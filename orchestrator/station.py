@@ -242,6 +242,27 @@ class StationRunner:
         seen = await self._lock_seen()
         return None if seen is None else (seen[0], "uart")
 
+    async def preflight(self) -> str | None:
+        """Why this station cannot take a board now (its UART does not open at its baud, its probe
+        is not there), or None. Checked before every board and before every irreversible step."""
+        try:
+            async with self._uart():
+                pass
+        except (OSError, ValueError) as error:  # pyserial's SerialException is an OSError
+            return f"UART {self.station.uart} does not open: {error}"
+        try:
+            await self.debug("uid")
+        except ProbeFailure as failure:
+            if failure.kind == "probe":
+                return f"probe {self.station.probe}: {failure}"
+        return None
+
+    async def _ports_ready(self) -> None:
+        """Before an irreversible step: every port the rest of the sequence needs is still there."""
+        problem = await self.preflight()
+        if problem is not None:
+            raise UartFailure(f"not starting an irreversible step: {problem}")
+
     async def _lock_seen(self) -> tuple[str, int] | None:
         """(UID, CONFIG0) when the lock is seen on the board (see identify), else None."""
         for _ in range(LOCK_READS):
@@ -283,9 +304,20 @@ class StationRunner:
         if last is not None and last.outcome is not None:  # shown until the next board, as before a restart
             self._show(last.outcome.lower(), last.uid)
             self.status.step = last.failed_step
+        backoff = 0.5
         try:
             while not self.stopping:
                 await self._safe_point()
+                problem = await self.preflight()
+                if problem is not None:  # never start a board this station could not finish
+                    if self.status.state != "blocked" or self.status.last_error != problem:
+                        self.log.warning("station.blocked", reason=problem)
+                    self._show("blocked")
+                    self.status.last_error = problem
+                    await anyio.sleep(backoff)
+                    backoff = min(30.0, backoff * 2)
+                    continue
+                backoff = 0.5
                 found = await self.identify()
                 if found is None and reset_pending:
                     reset_pending = False
@@ -422,6 +454,7 @@ class StationRunner:
         self.journal.save(board)
 
         async def burn_key() -> None:
+            await self._ports_ready()
             await self._check_uid(board)
             wanted = p.bootloader_key_entries(signed.public_key)
             await self._burn_entries(board, 3, wanted)
@@ -467,6 +500,7 @@ class StationRunner:
                     raise ProbeFailure("probe", f"debug port lost before the lock ({failure})") from None
                 return
             if not p.debug_lock.is_locked(config0):
+                await self._ports_ready()
                 self.journal.event(board.uid, self.station.name, 6, "lock-intent")
                 with anyio.CancelScope(shield=True):  # never stopped between the program and its read-back
                     await self.debug(
