@@ -38,6 +38,9 @@ class SwdPort:
     fault_rate: float = 0.0
     disconnected: bool = False
     """SWDIO/SWCLK lost (a loose cable): the DP answers nothing, as a locked part does; nRESET works."""
+    lost_at_reset: bool = False
+    """The link is lost at the board's next reset (a cable that drops when the board resets)."""
+    armed_at: int = 0
     rng: random.Random = field(default_factory=random.Random)
     ctrl_stat: int = 0
     select: int = 0
@@ -48,11 +51,14 @@ class SwdPort:
 
     def attach(self, board: Board | None, core: Core | None) -> None:
         self.board, self.core = board, core
+        self.armed_at = board.resets if board is not None else 0
         self.ctrl_stat = self.select = self.tar = self.rdbuff = 0
 
     @property
     def answers(self) -> bool:
-        return self.board is not None and not self.board.debug_locked and not self.disconnected
+        if self.board is None or self.board.debug_locked or self.disconnected:
+            return False
+        return not (self.lost_at_reset and self.board.resets > self.armed_at)
 
     def dp_read(self, address: int) -> tuple[int, int]:
         if not self.answers:

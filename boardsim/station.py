@@ -54,6 +54,7 @@ class StationFaults:
     unplugged: bool = False
     swd_fault_rate: float = 0.0
     swd_disconnected: bool = False
+    swd_lost_at_reset: bool = False
     uart: UartFaults = field(default_factory=UartFaults)
 
     def update(self, values: dict[str, object]) -> None:
@@ -64,11 +65,12 @@ class StationFaults:
         for name, value in values.items():
             if name in uart_names:
                 setattr(self.uart, uart_names[name], value)
-            elif name in ("unplugged", "swd_fault_rate", "swd_disconnected"):
+            elif name in ("unplugged", "swd_fault_rate", "swd_disconnected", "swd_lost_at_reset"):
                 setattr(self, name, value)
             else:
                 raise ValueError(
-                    f"unknown fault {name!r}: use unplugged, swd_fault_rate, swd_disconnected or "
+                    f"unknown fault {name!r}: use unplugged, swd_fault_rate, swd_disconnected, "
+                    "swd_lost_at_reset or "
                     f"{', '.join(uart_names)}"
                 )
 
@@ -137,6 +139,7 @@ class Station:
             SwdPort(
                 fault_rate=faults.swd_fault_rate,
                 disconnected=faults.swd_disconnected,
+                lost_at_reset=faults.swd_lost_at_reset,
                 rng=random.Random(index),  # noqa: S311  # fault injection, not crypto
             ),
         )
@@ -152,6 +155,8 @@ class Station:
     def apply_faults(self) -> None:
         self.probe.port.fault_rate = self.faults.swd_fault_rate
         self.probe.port.disconnected = self.faults.swd_disconnected
+        self.probe.port.lost_at_reset = self.faults.swd_lost_at_reset
+        self.probe.port.armed_at = self.board.resets if self.board is not None else 0
         self.uart.faults = self.faults.uart
 
     def enqueue(self, count: int, kind: str = "blank") -> None:

@@ -34,6 +34,8 @@ class ProbeFailure(Exception):
         return self.kind in ("probe", "transfer", "timeout")
 
 
+OPEN_ATTEMPTS = 4
+"""Tries to open a pyOCD session before a failure goes back to the station."""
 FAULT_RETRIES = 16
 """An SWD access the target answered with FAULT was not carried out: it is safe to repeat a read, and
 a program is repeated only after a read shows it did not happen."""
@@ -204,6 +206,30 @@ def _pulse_reset(unique_id: str, options: dict[str, Any]) -> None:  # pragma: no
         probe.close()
 
 
+def _open_session(unique_id: str, target: str, options: dict[str, Any]) -> Any:  # pragma: no cover
+    """A pyOCD session on the probe, opened again when SWD faults cut the target's discovery short
+    (many accesses: at a high fault rate one is likely); a silent target fails at once."""
+    from pyocd.core import exceptions  # noqa: PLC0415
+    from pyocd.core.helpers import ConnectHelper  # noqa: PLC0415
+
+    for attempt in range(OPEN_ATTEMPTS):
+        session = ConnectHelper.session_with_chosen_probe(
+            unique_id=unique_id, target_override=target, blocking=False, options=options
+        )
+        if session is None:
+            raise ProbeFailure("probe", f"no probe {unique_id}")
+        try:
+            session.open()
+        except (exceptions.TransferFaultError, KeyError):  # KeyError: pyOCD's core discovery cut short
+            with contextlib.suppress(Exception):
+                session.close()
+            if attempt == OPEN_ATTEMPTS - 1:
+                raise
+            continue
+        return session
+    raise AssertionError("unreachable")
+
+
 def _die_with(parent: int) -> None:  # pragma: no cover - runs in the worker process
     """The worker ends with the daemon, even a SIGKILLed one (Linux PR_SET_PDEATHSIG), and leaves
     Ctrl-C to the daemon, which stops its stations at a safe point first."""
@@ -217,7 +243,7 @@ def _die_with(parent: int) -> None:  # pragma: no cover - runs in the worker pro
         os._exit(0)
 
 
-def serve(  # noqa: PLR0915  # the worker's one dispatch loop, kept in one place
+def serve(  # the worker's one dispatch loop, kept in one place
     connection: Connection, unique_id: str, profile_name: str, frequency: int, parent: int
 ) -> None:  # pragma: no cover - runs in the worker process
     """The worker process: open sessions on demand, carry out requests, answer on the pipe."""
@@ -225,7 +251,6 @@ def serve(  # noqa: PLR0915  # the worker's one dispatch loop, kept in one place
 
     _die_with(parent)
     from pyocd.core import exceptions  # noqa: PLC0415
-    from pyocd.core.helpers import ConnectHelper  # noqa: PLC0415
 
     logging.getLogger("pyocd").setLevel(logging.CRITICAL)  # failures come back on the pipe, not the console
     target_profile = profile(profile_name)
@@ -258,15 +283,7 @@ def serve(  # noqa: PLR0915  # the worker's one dispatch loop, kept in one place
                 connection.send(("ok", None))
                 continue
             if session is None:
-                session = ConnectHelper.session_with_chosen_probe(
-                    unique_id=unique_id,
-                    target_override=target_profile.pyocd_target,
-                    blocking=False,
-                    options=options,
-                )
-                if session is None:
-                    raise ProbeFailure("probe", f"no probe {unique_id}")
-                session.open()
+                session = _open_session(unique_id, target_profile.pyocd_target, options)
             target = _Target(
                 session, target_profile, _one_bar(lambda done: connection.send(("progress", done)))
             )

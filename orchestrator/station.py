@@ -235,7 +235,7 @@ class StationRunner:
         lock setting. Any other failure, a flaky SWD read included, is "try again", never a verdict.
         """
         try:
-            return format_uid(tuple(await self.debug("uid"))), "debug"
+            return await self._read_uid(), "debug"
         except ProbeFailure as failure:
             if failure.kind != "not_detected":
                 return None
@@ -412,8 +412,17 @@ class StationRunner:
             raise Fatal("no OBJ_ID for this board")
         return board.obj_id
 
+    async def _read_uid(self) -> str:
+        """The board's UID over SWD, read twice and the same both times (a UID of all zeros or all
+        ones is no UID): a flaky read never names a board."""
+        first = format_uid(tuple(await self.debug("uid")))
+        second = format_uid(tuple(await self.debug("uid")))
+        if first != second or len(set(first)) == 1:
+            raise ProbeFailure("transfer", f"UID reads disagree or are blank: {first}, {second}")
+        return first
+
     async def _check_uid(self, board: Board) -> None:
-        uid = format_uid(tuple(await self.debug("uid")))
+        uid = await self._read_uid()
         if uid != board.uid:
             raise Swapped(f"expected UID {board.uid}, found {uid}")
 

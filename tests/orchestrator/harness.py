@@ -9,7 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +73,22 @@ class SimulatedLine:
         )
         self.daemons.append(process)
         return process
+
+    def until(
+        self, done: Callable[[], bool], what: str, daemon: subprocess.Popen[bytes] | None = None
+    ) -> None:
+        """Wait for an event (``done()``), bounded; a daemon that exits first fails the test."""
+        deadline = time.monotonic() + 300
+        while not done():
+            assert time.monotonic() < deadline, f"no {what} within 300 s"
+            assert daemon is None or daemon.poll() is None, f"the daemon exited before {what}"
+            time.sleep(0.01)
+
+    def stop(self, daemon: subprocess.Popen[bytes]) -> None:
+        """SIGTERM once the daemon serves; it must stop cleanly."""
+        self.serving(daemon)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
 
     def serving(self, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
         """Wait until ``process`` serves (its api.json names it): a SIGTERM from then on is handled."""

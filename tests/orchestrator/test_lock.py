@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 from nuwire.profiles import M2354
@@ -38,19 +37,10 @@ def _logged(log: Path, event: str, after: int) -> bool:
 def test_swd_lost_at_step_5_never_passes_unlocked(tmp_path: Path) -> None:
     workdir = tmp_path / "line"
     with simulated_line(workdir, stations=1, boards=1, baud=460_800, app_size=4000, quantity=1) as line:
+        line.fault("station-01", swd_lost_at_reset=True)  # step 5's reset is the board's next one
         daemon = line.daemon()
-        deadline = time.monotonic() + 300
-        while not written(line.journal, (5, "intent"), 0):
-            assert time.monotonic() < deadline
-            assert daemon.poll() is None
-            time.sleep(0.005)
-        line.fault("station-01", swd_disconnected=True)  # the reset is not answered: a lost link
-        while finished(line.journal) < 1:
-            assert time.monotonic() < deadline, "the board never finished"
-            time.sleep(0.1)
-        line.serving(daemon)
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=60) == 0
+        line.until(lambda: finished(line.journal) == 1, "outcome", daemon)
+        line.stop(daemon)
     outcome, step, reason = _outcome(line.journal)
     state = _board_state(workdir)
     assert (outcome, step) == ("FAIL", 5), reason
@@ -63,28 +53,18 @@ def test_swd_lost_on_resume_after_step_4_waits_then_locks(tmp_path: Path) -> Non
     workdir = tmp_path / "line"
     with simulated_line(workdir, stations=1, boards=1, baud=460_800, app_size=4000, quantity=1) as line:
         daemon = line.daemon()
-        deadline = time.monotonic() + 300
-        while not written(line.journal, (5, "intent"), 0):
-            assert time.monotonic() < deadline
-            assert daemon.poll() is None
-            time.sleep(0.005)
+        line.until(lambda: written(line.journal, (5, "intent"), 0), "step 5", daemon)
         daemon.send_signal(signal.SIGKILL)
         daemon.wait()
         line.fault("station-01", swd_disconnected=True)
         lines = len(line.log.read_text().splitlines()) if line.log.exists() else 0
         daemon = line.daemon()
-        while not _logged(line.log, "lock.not_seen", lines):  # silent debug port, CONFIG0 unlocked
-            assert time.monotonic() < deadline
-            assert daemon.poll() is None
-            time.sleep(0.05)
-        assert finished(line.journal) == 0  # not taken for a locked board: nothing goes on
+        # a silent debug port, CONFIG0 unlocked: not taken for a locked board, nothing goes on
+        line.until(lambda: _logged(line.log, "lock.not_seen", lines), "lock.not_seen", daemon)
+        assert finished(line.journal) == 0
         line.fault("station-01", swd_disconnected=False)
-        while finished(line.journal) < 1:
-            assert time.monotonic() < deadline, "the board never finished"
-            time.sleep(0.1)
-        line.serving(daemon)
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=60) == 0
+        line.until(lambda: finished(line.journal) == 1, "outcome", daemon)
+        line.stop(daemon)
     outcome, _, reason = _outcome(line.journal)
     state = _board_state(workdir)
     assert outcome == "PASS", reason
@@ -98,9 +78,9 @@ def test_swd_lost_on_resume_after_step_4_waits_then_locks(tmp_path: Path) -> Non
 
 def test_swd_faults_never_quarantine_a_blank_board(tmp_path: Path) -> None:
     faults = tmp_path / "faults.yaml"
-    faults.write_text("station-01: {swd_fault_rate: 0.02}\nstation-02: {swd_fault_rate: 0.02}\n")
+    faults.write_text("".join(f"station-0{n}: {{swd_fault_rate: 0.02}}\n" for n in range(1, 6)))
     result, report = demo(
-        tmp_path / "run", "--stations", "2", "--boards", "5", "--app-size", "2000", "--faults", str(faults)
+        tmp_path / "run", "--stations", "5", "--boards", "2", "--app-size", "2000", "--faults", str(faults)
     )
     boards = report["boards"]
     assert isinstance(boards, list)

@@ -5,7 +5,6 @@ a corrected stations.yaml lets it go on."""
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
 import subprocess
 import time
@@ -55,10 +54,7 @@ def test_a_missing_uart_blocks_the_station_before_step_1(tmp_path: Path) -> None
         assert state["debug_locked"] is False
         config["stations"][0]["uart"] = good  # corrected: the station goes on
         line.config.write_text(yaml.safe_dump(config, sort_keys=False))
-        while finished(line.journal) < 1:
-            assert time.monotonic() < deadline, "the board never finished"
-            time.sleep(0.2)
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=60) == 0
+        line.until(lambda: finished(line.journal) == 1, "outcome", daemon)
+        line.stop(daemon)
     with sqlite3.connect(line.journal) as db:
         assert [row[0] for row in db.execute("SELECT outcome FROM boards")] == ["PASS"]
