@@ -34,6 +34,8 @@ class ProbeFailure(Exception):
         return self.kind in ("probe", "transfer", "timeout")
 
 
+CHUNK = 64
+"""Bytes of memory read in one go: a fault repeats a short read, not the whole image."""
 OPEN_ATTEMPTS = 4
 """Tries to open a pyOCD session before a failure goes back to the station."""
 FAULT_RETRIES = 16
@@ -65,12 +67,17 @@ class _Target:
         self.progress = progress or (lambda _: None)
 
     def unlock(self) -> None:
+        """Unlock the protected registers and enable ISP with every update; checked by reading back,
+        since a write the target refused with FAULT breaks the unlock sequence silently."""
         for value in self.p.unlock_sequence:
             self.t.write32(self.p.reglctl, value)
         f = self.p.fmc
-        self.t.write32(f.base + f.ispctl, f.ispen | f.apuen | f.cfguen | f.lduen)
+        enable = f.ispen | f.apuen | f.cfguen | f.lduen
+        self.t.write32(f.base + f.ispctl, enable)
+        if self.t.read32(self.p.reglctl) & 1 != 1 or self.t.read32(f.base + f.ispctl) & enable != enable:
+            raise _transfer_fault()("the register unlock or ISPCTL did not take")
 
-    def isp(self, command: int, address: int, data: int = 0) -> tuple[int, int, int]:
+    def isp(self, command: int, address: int, data: int = 0, *, results: bool = True) -> tuple[int, int, int]:
         f = self.p.fmc
         self.t.write32(f.base + f.ispcmd, command)
         self.t.write32(f.base + f.ispaddr, address)
@@ -82,6 +89,8 @@ class _Target:
         if ctl & f.ispff:
             self.t.write32(f.base + f.ispctl, ctl | f.ispff)
             raise ProbeFailure("failed", f"FMC command 0x{command:02X} at 0x{address:08X} set ISPFF")
+        if not results:  # a program or an erase: nothing to read back here
+            return (0, 0, 0)
         return (
             self.t.read32(f.base + f.ispdat),
             self.t.read32(f.base + f.mpdat0),
@@ -127,7 +136,7 @@ class _Target:
         fault = _transfer_fault()
         for attempt in range(FAULT_RETRIES):
             try:
-                self.isp(FmcCommand.PROGRAM, address, word)
+                self.isp(FmcCommand.PROGRAM, address, word, results=False)
                 return
             except fault:
                 if self.read(FmcCommand.READ, address)[0] == word:
@@ -151,7 +160,7 @@ class _Target:
         self.again(self.unlock)
         page = self.p.aprom.page_size
         for offset in range(0, len(data), page):
-            self.read(FmcCommand.PAGE_ERASE, address + offset)  # erasing again changes nothing
+            self.again(functools.partial(self.isp, FmcCommand.PAGE_ERASE, address + offset, results=False))
         padded = data + b"\xff" * (-len(data) % 4)
         for offset in range(0, len(padded), 4):
             word = int.from_bytes(padded[offset : offset + 4], "little")
@@ -163,10 +172,10 @@ class _Target:
 
     def read_memory(self, address: int, length: int) -> bytes:
         def chunk(at: int) -> bytes:
-            return bytes(self.t.read_memory_block8(at, min(256, address + length - at)))
+            return bytes(self.t.read_memory_block8(at, min(CHUNK, address + length - at)))
 
         return b"".join(
-            self.again(functools.partial(chunk, at)) for at in range(address, address + length, 256)
+            self.again(functools.partial(chunk, at)) for at in range(address, address + length, CHUNK)
         )
 
     def reset(self) -> None:
@@ -220,7 +229,10 @@ def _open_session(unique_id: str, target: str, options: dict[str, Any]) -> Any: 
             raise ProbeFailure("probe", f"no probe {unique_id}")
         try:
             session.open()
-        except (exceptions.TransferFaultError, KeyError):  # KeyError: pyOCD's core discovery cut short
+            core = session.target.selected_core
+            if core is None or "pc" not in core.core_registers.by_name:
+                raise exceptions.DebugError("the core's registers were not all discovered")
+        except (exceptions.DebugError, KeyError):  # faults cut discovery short; "not detected" is not one
             with contextlib.suppress(Exception):
                 session.close()
             if attempt == OPEN_ATTEMPTS - 1:

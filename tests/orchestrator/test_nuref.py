@@ -104,7 +104,7 @@ def _steps(
     return IspSteps(
         M2354,
         HostKeys(key, demo, demo),
-        link=lambda: UartLink(str(board.link), 115200, timeout=5),
+        link=lambda: UartLink(str(board.link), 115200, timeout=2),
         reset=board.reset,
         journal=journal,
         station="station-nuref",
