@@ -108,6 +108,7 @@ class StationRunner:
         self.idle = anyio.Event()
         self.idle.set()
         self.on_done: Callable[[Board], None] = lambda _: None
+        self._not_seen: tuple[str, int] | None = None
         isp = line.secureisp
         self.isp = IspSteps(
             profile,
@@ -273,15 +274,15 @@ class StationRunner:
                     continue
             return None  # it answered, or failed another way: not evidence of a lock
         found = await self.isp.inspect()
-        if found is None or not self.profile.debug_lock.is_locked(found[1]):
+        if found is None:
+            return None  # nothing answers (no board, or an application running)
+        if not self.profile.debug_lock.is_locked(found[1]):
             # A silent debug port on a board whose SecureISP says it is not locked: the SWD link
-            # is lost (a cable, a probe), not the lock.
-            self.log.warning(
-                "lock.not_seen",
-                uid=found[0] if found else None,
-                config0=f"0x{found[1]:08X}" if found else None,
-                reason="debug port silent, CONFIG0 unlocked" if found else "no SecureISP answer",
-            )
+            # is lost (a cable, a probe), not the lock. Said once per board.
+            if self._not_seen != found:
+                reason = "debug port silent while CONFIG0 is not locked: check SWD"
+                self.log.warning("lock.not_seen", uid=found[0], config0=f"0x{found[1]:08X}", reason=reason)
+            self._not_seen = found
             return None
         return found
 
