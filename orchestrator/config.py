@@ -6,6 +6,8 @@ Unknown keys, wrong types, and two stations sharing a probe or a UART are errors
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,13 +102,22 @@ class LineConfig(_Strict):
     @field_validator("stations")
     @classmethod
     def _unique(cls, stations: list[Station]) -> list[Station]:
-        for field in ("name", "probe", "uart"):
+        """One station per name, per physical probe and per physical UART: a probe id compared
+        without case or pyOCD's ``cmsisdap:`` prefix, a UART by the device its path resolves to
+        (``/dev/serial/by-id/...`` links and ``/dev/ttyACM0`` are one port)."""
+        physical: dict[str, Callable[[Station], str]] = {
+            "name": lambda s: s.name,
+            "probe": lambda s: s.probe.lower().removeprefix("cmsisdap:"),
+            "uart": lambda s: os.path.realpath(s.uart),
+        }
+        for field, identity in physical.items():
             seen: dict[str, int] = {}
             for index, station in enumerate(stations):
-                value = getattr(station, field)
-                if value in seen:
-                    raise ValueError(f"{index}.{field}: {value!r} is already used by station {seen[value]}")
-                seen[value] = index
+                key = identity(station)
+                if key in seen:
+                    value = getattr(station, field)
+                    raise ValueError(f"{index}.{field}: {value!r} is already used by station {seen[key]}")
+                seen[key] = index
         return stations
 
 

@@ -60,6 +60,14 @@ def test_a_good_file_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
             ('    probe: "boardsim:B"', '    probe: "boardsim:A"'),
             ":17: stations.1.probe: 'boardsim:A' is already used",
         ),
+        (  # one probe in another spelling (issue 10, finding 8)
+            ('    probe: "boardsim:B"', '    probe: "BOARDSIM:a"'),
+            ":17: stations.1.probe: 'BOARDSIM:a' is already used by station 0",
+        ),
+        (  # one UART by another path to the same device
+            ("    uart: /dev/ttyACM1", "    uart: /dev/../dev/ttyACM0"),
+            ":18: stations.1.uart: '/dev/../dev/ttyACM0' is already used by station 0",
+        ),
         (
             ("  - name: s1", "  - name: s1\n    colour: red"),
             ":14: stations.0.colour: Extra inputs are not permitted",
