@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
@@ -38,6 +39,19 @@ from orchestrator.steps import BY_NUMBER
 log = structlog.get_logger("orchestrator")
 
 
+def line_cloud(config: LineConfig, observe: Callable[[str, str, float, int], None]) -> CloudClient:
+    """The line's cloud client. One retry layer: the station's steps retry (defaults.cloud.retry),
+    each attempt within defaults.cloud.timeout_s; the client makes one request per call."""
+    cloud = config.cloud
+    return CloudClient(
+        cloud.url,
+        client_context(cloud.client_certificate, cloud.client_key, cloud.ca),
+        attempts=1,
+        timeout=httpx.Timeout(config.defaults.cloud.timeout_s),
+        observe=observe,
+    )
+
+
 class Line:
     def __init__(self, config: LineConfig, journal: Journal, config_path: Path | None = None) -> None:
         self.config = config
@@ -48,14 +62,7 @@ class Line:
         self.metrics = Metrics()
         self.metrics.info.labels(config.line, config.job_id).set(1)
         self.metrics.watch(lambda: self.runners)
-        cloud = config.cloud
-        self.cloud = CloudClient(
-            cloud.url,
-            client_context(cloud.client_certificate, cloud.client_key, cloud.ca),
-            attempts=config.defaults.cloud.retry.attempts,
-            backoff=config.defaults.cloud.retry.backoff_s,
-            observe=self.metrics.cloud_request,
-        )
+        self.cloud = line_cloud(config, self.metrics.cloud_request)
         self._key = load_private_key(config.secureisp.station_key)
         self._profile = profile(config.target_profile)
         self.stations: dict[str, tuple[Station, StationRunner, anyio.CancelScope]] = {}

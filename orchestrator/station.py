@@ -21,7 +21,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric import ec
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from cloudserver.client import CloudClient, CloudError
+from cloudserver.client import CloudClient, CloudError, CloudUnavailable
 from nuwire import mcuboot
 from nuwire.errors import ProtocolError
 from nuwire.ids import RECORD_SIZE, decode_obj_id_record, encode_obj_id_record, format_uid, parse_obj_id
@@ -59,6 +59,15 @@ class StationStatus:
     progress: float = 0.0
     last_error: str = ""
     counts: dict[str, int] = field(default_factory=lambda: {"PASS": 0, "FAIL": 0, "QUARANTINE": 0})
+
+
+async def _within(seconds: float, action: Callable[[], Awaitable[T]]) -> T:
+    """A cloud step's attempt, given up after ``seconds`` as an outage (retryable, shown)."""
+    try:
+        with anyio.fail_after(seconds):
+            return await action()
+    except TimeoutError:
+        raise CloudUnavailable(f"the cloud gave no answer within {seconds} s") from None
 
 
 async def send_result(journal: Journal, cloud: CloudClient, board: Board, log: Any) -> bool:
@@ -123,7 +132,8 @@ class StationRunner:
             station=station.name,
             application=lambda board: self.cloud.application(line.job_id, board.uid, self._obj(board)),
             attempts=line.defaults.uart.retry.attempts,
-            step=lambda board, number, action: self.step(board, number, action, retries=False),
+            # Inside the UART group only the cloud step retries by itself; the group retries the rest.
+            step=lambda board, number, action: self.step(board, number, action, retries=number == 11),
             progress=self._progress,
             log=self.log,
         )
@@ -190,7 +200,10 @@ class StationRunner:
                 self.log.info("step.start", **fields)
                 self.journal.event(board.uid, self.station.name, number, "intent", attempt=n)
                 try:
-                    result = await action()
+                    if step.kind is StepClass.CLOUD:  # the attempt's deadline (the daemon's one layer)
+                        result = await _within(klass.timeout_s, action)
+                    else:
+                        result = await action()
                 except Exception as error:
                     ms = round((time.monotonic() - started) * 1000)
                     self.metrics.errors.labels(*labels).inc()

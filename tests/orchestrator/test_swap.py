@@ -29,7 +29,7 @@ from cloudserver.settings import write_default
 from nuwire.keys import raw_public_key
 from nuwire.profiles import M2354
 from orchestrator.config import LineConfig, Retry, StepClass
-from orchestrator.daemon import Line
+from orchestrator.daemon import Line, line_cloud
 from orchestrator.journal import Journal
 from orchestrator.probe_worker import ProbeFailure, _Target
 from orchestrator.station import StationRunner
@@ -292,6 +292,39 @@ def test_cloud_answering_503_for_ten_seconds_is_retried_and_passes(tmp_path: Pat
         await runner.provision(old.uid_text, "debug")
         assert anyio.current_time() - started >= 10  # it waited the outage out
         assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
+
+    anyio.run(_line, tmp_path, scenario)
+
+
+def test_a_cloud_outage_is_retried_by_one_layer_and_shows_on_the_tile(tmp_path: Path) -> None:
+    """Issue 10, finding 4: the client makes one request per attempt (no retries inside retries),
+    and the station shows the outage as soon as its first attempt fails."""
+
+    async def scenario(
+        runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
+    ) -> None:
+        runner.probe = FakeProbe(fixture)  # type: ignore[assignment]
+        requests: list[tuple[str, int]] = []
+        runner.cloud = line_cloud(
+            runner.line, lambda method, path, _, status: requests.append((path, status))
+        )
+        pki = Path(str(runner.line.cloud.ca)).parent
+        async with CloudClient(
+            runner.line.cloud.url, client_context(pki / "admin.crt", pki / "admin.key", pki / "ca.crt")
+        ) as admin:
+            await admin.maintenance(5)
+        shown: list[str] = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(runner.provision, old.uid_text, "debug")
+            while "503" not in runner.status.last_error:
+                await anyio.sleep(0.01)
+            shown.append(runner.status.last_error)
+        await runner.cloud.aclose()
+        assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
+        refused = [path for path, status in requests if status == 503]
+        assert refused  # the outage was met
+        assert len(refused) < runner.line.defaults.cloud.retry.attempts  # one layer: one request per try
+        assert shown  # the tile showed the outage while the step waited it out
 
     anyio.run(_line, tmp_path, scenario)
 
