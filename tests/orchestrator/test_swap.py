@@ -316,7 +316,7 @@ def test_a_cloud_outage_is_retried_by_one_layer_and_shows_on_the_tile(tmp_path: 
         shown: list[str] = []
         async with anyio.create_task_group() as group:
             group.start_soon(runner.provision, old.uid_text, "debug")
-            while "503" not in runner.status.last_error:
+            while "503" not in runner.status.last_error:  # noqa: ASYNC110  # status is polled, as the API does
                 await anyio.sleep(0.01)
             shown.append(runner.status.last_error)
         await runner.cloud.aclose()
