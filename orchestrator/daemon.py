@@ -120,8 +120,8 @@ class Line:
 
     async def _stop_station(self, name: str, entry: tuple[Station, StationRunner, anyio.CancelScope]) -> None:
         _, runner, scope = entry
-        runner.stopping = True
-        with anyio.move_on_after(self._stop_timeout_s):  # a safe point: between boards
+        runner.stop()
+        with anyio.move_on_after(self._stop_timeout_s):  # a safe point: between boards or steps
             await runner.idle.wait()
         scope.cancel()
         log.info("station.stop", station=name)
@@ -225,7 +225,7 @@ class Line:
                         await self.reload(group)
                         continue
                     for runner in self.runners:
-                        runner.stopping = True
+                        runner.stop()
                     with anyio.move_on_after(stop_timeout_s):  # each station reaches a safe point
                         for runner in self.runners:
                             await runner.idle.wait()

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series only double the exposition; rate() needs none
 
-STATES = ("idle", "waiting", "blocked", "provisioning", "paused", "pass", "fail", "quarantine")
+STATES = ("idle", "waiting", "blocked", "provisioning", "paused", "stopped", "pass", "fail", "quarantine")
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 CLOUD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _ID = re.compile(r"/[0-9A-Fa-f-]{6,}(?=/|$)")

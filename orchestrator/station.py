@@ -28,7 +28,7 @@ from nuwire.ids import RECORD_SIZE, decode_obj_id_record, encode_obj_id_record, 
 from nuwire.keys import public_key_from_raw
 from nuwire.profiles import TargetProfile
 from orchestrator.config import LineConfig, Station
-from orchestrator.errors import Fatal, Quarantine, Swapped
+from orchestrator.errors import Fatal, Parked, Quarantine, Swapped
 from orchestrator.isp_steps import HostKeys, IspSteps
 from orchestrator.journal import FINAL, Board, Journal
 from orchestrator.metrics import Metrics
@@ -160,12 +160,19 @@ class StationRunner:
             self._resumed.set()
             self.log.info("station.resume")
 
+    def stop(self) -> None:
+        """Start nothing new: the board in progress is parked at its next safe point (its journal
+        stays open, and the next start resumes it from there), a paused station stops at once."""
+        self.stopping = True
+        self._resumed.set()
+
     async def _safe_point(self) -> None:
-        if not self.paused:
-            return
-        state, self.status.state = self.status.state, "paused"
-        await self._resumed.wait()
-        self.status.state = state
+        if self.paused and not self.stopping:
+            state, self.status.state = self.status.state, "paused"
+            await self._resumed.wait()
+            self.status.state = state
+        if self.stopping and self.status.state == "provisioning":
+            raise Parked("the station stops: the board is parked at a safe point, resumed at the next start")
 
     # -- running steps ----------------------------------------------------------------------------
 
@@ -395,6 +402,10 @@ class StationRunner:
         except Swapped as swap:
             log.warning("board.swapped", reason=str(swap))
             self.status.state = "idle"
+            return
+        except Parked as parked:
+            log.info("board.parked", reason=str(parked), step=self.status.step)
+            self.status.state = "stopped"
             return
         except Quarantine as quarantine:
             board.outcome, board.reason = "QUARANTINE", str(quarantine)

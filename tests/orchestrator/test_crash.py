@@ -227,3 +227,22 @@ def test_a_second_daemon_on_the_same_journal_is_refused(tmp_path: Path) -> None:
         assert first.poll() is None  # the first goes on
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=60) == 0
+
+
+def test_sigterm_parks_the_board_at_a_safe_point_and_the_next_start_resumes_it(tmp_path: Path) -> None:
+    """SIGTERM (and SIGINT) start nothing new: the board in progress waits at its next safe point
+    with its journal open, the daemon exits, and the next start finishes it (issue 10, finding 6)."""
+    workdir = tmp_path / "line"
+    with simulated_line(workdir, stations=1, boards=1, baud=460_800, app_size=4000, quantity=1) as line:
+        daemon = line.daemon()
+        line.until(lambda: written(line.journal, (2, "intent"), 0), "step 2", daemon)
+        line.stop(daemon)
+        assert finished(line.journal) == 0  # parked, not finished, not failed
+        assert '"board.parked"' in line.log.read_text()
+        daemon = line.daemon()
+        line.until(lambda: finished(line.journal) == 1, "outcome", daemon)
+        line.stop(daemon)
+    with sqlite3.connect(line.journal) as db:
+        assert [row[0] for row in db.execute("SELECT outcome FROM boards")] == ["PASS"]
+    (state_file,) = (workdir / "boards").glob("53494D*/state.json")
+    assert json.loads(state_file.read_text())["otp_program_counts"][:24] == [1] * 24

@@ -32,6 +32,18 @@ def receive(sock: socket.socket, seconds: float) -> list[tuple[float, str]]:
     return messages
 
 
+def count_steps(journal: Path | sqlite3.Connection) -> int:
+    if isinstance(journal, Path):
+        if not journal.exists():
+            return 0
+        with sqlite3.connect(journal) as db:
+            try:
+                return int(db.execute("SELECT COUNT(*) FROM steps").fetchone()[0])
+            except sqlite3.OperationalError:  # the daemon has not made its tables yet
+                return 0
+    return int(journal.execute("SELECT COUNT(*) FROM steps").fetchone()[0])
+
+
 def pings(messages: list[tuple[float, str]]) -> list[float]:
     return [at for at, text in messages if "WATCHDOG=1" in text.split("\n")]
 
@@ -49,6 +61,7 @@ def test_ready_watchdog_pings_and_silence_when_the_loop_blocks(tmp_path: Path) -
             sock.settimeout(60)
             ready = sock.recv(4096).decode()  # the first message, once every station has started
             assert ready.startswith("READY=1\nSTATUS=2 stations"), ready
+            line.until(lambda: count_steps(line.journal) > 0, "a step in the journal", daemon)  # boards run
             regular = pings(receive(sock, 3))
             assert len(regular) >= 6, regular  # about one every 0.3 s
             assert max(b - a for a, b in itertools.pairwise(regular)) < PERIOD_S
@@ -56,13 +69,13 @@ def test_ready_watchdog_pings_and_silence_when_the_loop_blocks(tmp_path: Path) -
             # Stall the journal for 4 s while boards run: the daemon blocks at its next write, which
             # may come at once (no ping at all while the lock is held) or later in the 4 s.
             journal = sqlite3.connect(line.journal, isolation_level=None, timeout=30)
-            before = journal.execute("SELECT COUNT(*) FROM steps").fetchone()[0]
+            before = count_steps(journal)
             journal.execute("BEGIN EXCLUSIVE")
             stalled = pings(receive(sock, 4))
             journal.execute("COMMIT")
             released = time.monotonic()
             after = pings(receive(sock, 3))
-            written = journal.execute("SELECT COUNT(*) FROM steps").fetchone()[0]
+            written = count_steps(journal)
             journal.close()
             assert before > 0
             assert after, "pings did not come back once the journal could be written"
