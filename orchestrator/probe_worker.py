@@ -144,6 +144,18 @@ class _Target:
                 if attempt == FAULT_RETRIES - 1:
                     raise
 
+    def _erase(self, address: int) -> None:
+        """One page erase (again changes nothing); an ISPFF after a faulted register write is the
+        FMC refusing a half-set command: unlock and erase again."""
+        for attempt in range(4):
+            try:
+                self.again(functools.partial(self.isp, FmcCommand.PAGE_ERASE, address, results=False))
+                return
+            except ProbeFailure:
+                if attempt == 3:
+                    raise
+                self.again(self.unlock)
+
     def flash(self, address: int, data: bytes) -> None:
         """pyOCD's flash loader; on an SWD fault, the FMC's own page erase and word programs."""
         from pyocd.flash.loader import MemoryLoader  # noqa: PLC0415
@@ -160,7 +172,7 @@ class _Target:
         self.again(self.unlock)
         page = self.p.aprom.page_size
         for offset in range(0, len(data), page):
-            self.again(functools.partial(self.isp, FmcCommand.PAGE_ERASE, address + offset, results=False))
+            self._erase(address + offset)
         padded = data + b"\xff" * (-len(data) % 4)
         for offset in range(0, len(padded), 4):
             word = int.from_bytes(padded[offset : offset + 4], "little")

@@ -293,8 +293,11 @@ class StationRunner:
                 if failure.kind == "not_detected":
                     continue
             return None  # it answered, or failed another way: not evidence of a lock
-        found = await self.isp.inspect()
-        if found is None:
+        for _ in range(LOCK_READS):  # a board just out of reset, a busy line: ask again
+            found = await self.isp.inspect()
+            if found is not None:
+                break
+        else:
             return None  # nothing answers (no board, or an application running)
         if not self.profile.debug_lock.is_locked(found[1]):
             # A silent debug port on a board whose SecureISP says it is not locked: the SWD link
