@@ -461,15 +461,21 @@ class StationRunner:
             await self._check_uid(board)
             words = await self.debug("read_words", p.objid_record, RECORD_SIZE // 4)
             raw = b"".join(int(w).to_bytes(4, "little") for w in words)
-            on_board = decode_obj_id_record(raw)
             obj_id = await self.cloud.register(board.uid)
+            record = encode_obj_id_record(parse_obj_id(obj_id))
+            wanted = [int.from_bytes(record[i : i + 4], "little") for i in range(0, len(record), 4)]
+            try:
+                on_board = decode_obj_id_record(raw)
+            except ProtocolError:
+                # A record cut off by a crash while it was written: every word either the cloud's
+                # record or blank is completed; anything else is not ours.
+                if any(int(w) not in (want, ERASED) for w, want in zip(words, wanted, strict=True)):
+                    raise Quarantine(
+                        "the board holds a damaged OBJ_ID record that is not this line's"
+                    ) from None
+                on_board = None
             if on_board is None:
-                record = encode_obj_id_record(parse_obj_id(obj_id))
-                await self.debug(
-                    "program_words",
-                    p.objid_record,
-                    [int.from_bytes(record[i : i + 4], "little") for i in range(0, len(record), 4)],
-                )
+                await self.debug("program_words", p.objid_record, wanted)
                 words = await self.debug("read_words", p.objid_record, RECORD_SIZE // 4)
                 if decode_obj_id_record(
                     b"".join(int(w).to_bytes(4, "little") for w in words)
