@@ -202,7 +202,7 @@ def demo(
         url, job_id = anyio.run(_create_job, workdir / "cloud", bodies, quantity or total)
         simulated = json.loads((workdir / "boards" / "serve.json").read_text())
         (workdir / "stations.yaml").write_text(
-            _stations_yaml(workdir, url, job_id, simulated, uart_timeout=0.5, api_port=api_port)
+            _stations_yaml(workdir, url, job_id, simulated, uart_timeout=2.0, api_port=api_port)
         )
         config = load(workdir / "stations.yaml")
         logs.configure(workdir / "logs" / "orchestrator.jsonl", stdout=False)
@@ -216,9 +216,9 @@ def demo(
                 console.print(f"report: {workdir / 'report.json'}; the dashboard stays up until Ctrl-C")
 
         anyio.run(_run_with_view, Line(config, journal), total, write_report, hold)
-        journal.close()
         if not result:  # stopped before every board was done
             write_report()
+        journal.close()
     finally:
         for process in processes:
             if process.poll() is None:

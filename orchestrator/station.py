@@ -284,8 +284,10 @@ class StationRunner:
         if problem is not None:
             raise UartFailure(f"not starting an irreversible step: {problem}")
 
-    async def _lock_seen(self) -> tuple[str, int] | None:
-        """(UID, CONFIG0) when the lock is seen on the board (see identify), else None."""
+    async def _lock_seen(self, *, reset: bool = False) -> tuple[str, int] | None:
+        """(UID, CONFIG0) when the lock is seen on the board (see identify), else None. With
+        ``reset`` (a board of this line, mid-sequence), nRESET comes before each new question: a
+        SecureISP that ended on a late or damaged exchange answers nothing until the chip resets."""
         for _ in range(LOCK_READS):
             try:
                 await self.debug("uid")
@@ -293,7 +295,10 @@ class StationRunner:
                 if failure.kind == "not_detected":
                     continue
             return None  # it answered, or failed another way: not evidence of a lock
-        for _ in range(LOCK_READS):  # a board just out of reset, a busy line: ask again
+        for attempt in range(LOCK_READS):  # a board just out of reset, a busy line: ask again
+            if attempt and reset:
+                with contextlib.suppress(ProbeFailure):
+                    await self._hardware_reset()
             found = await self.isp.inspect()
             if found is not None:
                 break
@@ -540,6 +545,8 @@ class StationRunner:
                 config0 = (await self.debug("read_words", p.debug_lock.config_address, 1))[0]
             except ProbeFailure as failure:
                 if failure.kind != "not_detected" or not await self._verify_lock(board):
+                    if self.journal.seen(board.uid, "lock-config"):
+                        raise ProbeFailure("probe", "the lock is programmed but not yet seen over SecureISP") from None
                     raise ProbeFailure("probe", f"debug port lost before the lock ({failure})") from None
                 return
             if not p.debug_lock.is_locked(config0):
@@ -559,13 +566,16 @@ class StationRunner:
             )
             await self.debug("hardware_reset")  # the lock takes effect at reset
             if not await self._verify_lock(board):
-                raise ProbeFailure("probe", "the debug port still answers after the lock and a reset")
+                raise ProbeFailure(
+                    "probe", "the lock is programmed, but after a reset the debug port still answers "
+                    "or SecureISP does not report the board locked"
+                )
 
         await self.step(board, 6, lock)
 
     async def _verify_lock(self, board: Board) -> bool:
         """The lock seen on this board: journaled as ``lock-verified`` with its CONFIG0."""
-        seen = await self._lock_seen()
+        seen = await self._lock_seen(reset=True)
         if seen is None or seen[0] != board.uid:
             return False
         self.journal.event(

@@ -115,7 +115,7 @@ def simulated_line(
     try:
         url, job_id = anyio.run(_create_job, workdir / "cloud", bodies, quantity)
         simulated = json.loads((workdir / "boards" / "serve.json").read_text())
-        text = _stations_yaml(workdir, url, job_id, simulated, uart_timeout=0.5)
+        text = _stations_yaml(workdir, url, job_id, simulated, uart_timeout=2.0)
         (workdir / "stations.yaml").write_text(text)
         yield SimulatedLine(workdir, text, daemons)
     finally:

@@ -87,3 +87,22 @@ def test_swd_faults_never_quarantine_a_blank_board(tmp_path: Path) -> None:
     assert len(boards) == 10
     assert [b["outcome"] for b in boards] == ["PASS"] * 10, [b.get("reason") for b in boards]
     assert result.returncode == 0
+
+
+def test_a_lock_check_whose_answer_is_lost_resets_and_asks_again(tmp_path: Path) -> None:
+    """The first READ_CONFIG answer of the lock check is lost: SecureISP stays in that session (and
+    answers a new one under its old key) until nRESET, so the station resets before it asks again."""
+    workdir = tmp_path / "line"
+    with simulated_line(workdir, stations=1, boards=1, baud=460_800, app_size=4000, quantity=1) as line:
+        line.fault("station-01", answer_lost_at_command=0x82)  # READ_CONFIG: used by lock checks only
+        daemon = line.daemon()
+        line.until(lambda: finished(line.journal) == 1, "outcome", daemon)
+        line.stop(daemon)
+    outcome, _, reason = _outcome(line.journal)
+    assert outcome == "PASS", reason
+    with sqlite3.connect(line.journal) as db:
+        attempts = db.execute("SELECT MAX(attempt) FROM steps WHERE step = 6").fetchone()[0]
+    assert attempts == 1  # proven within the step's first attempt
+    events = _board_state(workdir)["events"]
+    assert isinstance(events, list)
+    assert sum(e.get("cause") == "nRESET" for e in events) >= 2  # the lock's own reset, then the check's
