@@ -546,7 +546,7 @@ class StationRunner:
             except ProbeFailure as failure:
                 if failure.kind != "not_detected" or not await self._verify_lock(board):
                     if self.journal.seen(board.uid, "lock-config"):
-                        raise ProbeFailure("probe", "the lock is programmed but not yet seen over SecureISP") from None
+                        raise ProbeFailure("probe", "the lock is programmed, not yet seen") from None
                     raise ProbeFailure("probe", f"debug port lost before the lock ({failure})") from None
                 return
             if not p.debug_lock.is_locked(config0):
@@ -567,8 +567,9 @@ class StationRunner:
             await self.debug("hardware_reset")  # the lock takes effect at reset
             if not await self._verify_lock(board):
                 raise ProbeFailure(
-                    "probe", "the lock is programmed, but after a reset the debug port still answers "
-                    "or SecureISP does not report the board locked"
+                    "probe",
+                    "the lock is programmed, but after a reset the debug port still answers "
+                    "or SecureISP does not report the board locked",
                 )
 
         await self.step(board, 6, lock)
