@@ -255,7 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915  # one pars
     cmd.add_argument("--baud", type=int, default=921_600)
     cmd.add_argument("--app-size", type=int, default=16 * 1024)
     cmd.add_argument("--faults", type=Path, help="boardsim faults file (YAML): station name -> faults")
-    cmd.add_argument("--quantity", type=int, help="the job's quota (default: stations x boards)")
+    cmd.add_argument(
+        "--quantity",
+        type=int,
+        help="the job's quota (default: stations x boards); the demo ends once it is used",
+    )
     cmd.add_argument(
         "--api-port", type=int, default=8470, help="dashboard and API port on 127.0.0.1 (0: any)"
     )

@@ -32,6 +32,7 @@ from orchestrator.api import Api, read_token, write_address
 from orchestrator.config import ConfigError, LineConfig, Station, load
 from orchestrator.journal import Board, Journal
 from orchestrator.metrics import Metrics
+from orchestrator.preflight import JobCheck
 from orchestrator.report import LineTotals
 from orchestrator.station import StationRunner, send_result
 from orchestrator.steps import BY_NUMBER
@@ -63,6 +64,7 @@ class Line:
         self.metrics.info.labels(config.line, config.job_id).set(1)
         self.metrics.watch(lambda: self.runners)
         self.cloud = line_cloud(config, self.metrics.cloud_request)
+        self.job_check = JobCheck(self.cloud, config.job_id, timeout_s=config.defaults.cloud.timeout_s)
         self._key = load_private_key(config.secureisp.station_key)
         self._profile = profile(config.target_profile)
         self.stations: dict[str, tuple[Station, StationRunner, anyio.CancelScope]] = {}
@@ -93,6 +95,7 @@ class Line:
             cloud=self.cloud,
             station_key=self._key,
             metrics=self.metrics,
+            job_check=self.job_check,
         )
         runner.on_done = self._board_done
         scope = anyio.CancelScope()

@@ -196,10 +196,10 @@ def demo(
     started = time.monotonic()
     bodies = _prepare(workdir, app_size)
     os.environ["BOARDSIM_PROBES"] = str((workdir / "probes").resolve())  # for boardsim and the probe workers
-    total = stations * boards
+    total = min(stations * boards, quantity or stations * boards)  # a board past the quota never starts
     processes = _start(workdir, stations, boards, baud, faults)
     try:
-        url, job_id = anyio.run(_create_job, workdir / "cloud", bodies, quantity or total)
+        url, job_id = anyio.run(_create_job, workdir / "cloud", bodies, total)
         simulated = json.loads((workdir / "boards" / "serve.json").read_text())
         (workdir / "stations.yaml").write_text(
             _stations_yaml(workdir, url, job_id, simulated, uart_timeout=2.0, api_port=api_port)

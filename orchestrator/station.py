@@ -32,6 +32,7 @@ from orchestrator.errors import Fatal, Parked, Quarantine, Swapped
 from orchestrator.isp_steps import HostKeys, IspSteps
 from orchestrator.journal import FINAL, Board, Journal
 from orchestrator.metrics import Metrics
+from orchestrator.preflight import JobCheck
 from orchestrator.probe_worker import ProbeFailure, ProbeWorker
 from orchestrator.steps import BY_NUMBER, StepClass
 from orchestrator.uart import UartFailure, UartLink
@@ -100,9 +101,11 @@ class StationRunner:
         cloud: CloudClient,
         station_key: ec.EllipticCurvePrivateKey,
         metrics: Metrics | None = None,
+        job_check: JobCheck | None = None,
     ) -> None:
         self.line, self.station, self.profile = line, station, profile
         self.journal, self.cloud, self.station_key = journal, cloud, station_key
+        self.job_check = job_check or JobCheck(cloud, line.job_id, timeout_s=line.defaults.cloud.timeout_s)
         self.metrics = metrics or Metrics()
         self.probe = ProbeWorker(
             station.probe, profile.name, on_restart=self.metrics.probe_restarts.labels(station.name).inc
@@ -263,9 +266,13 @@ class StationRunner:
         seen = await self._lock_seen()
         return None if seen is None else (seen[0], "uart")
 
-    async def preflight(self) -> str | None:
-        """Why this station cannot take a board now (its UART does not open at its baud, its probe
-        is not there), or None. Checked before every board and before every irreversible step."""
+    async def preflight(self, *, new_board: bool = False) -> str | None:
+        """Why this station cannot take a board now, or None: its ports (see ``_ports``), then the
+        cloud and the job (orchestrator/preflight.py; ``new_board``: quota left too)."""
+        return await self._ports() or await self.job_check.problem(new_board=new_board)
+
+    async def _ports(self) -> str | None:
+        """Why a local port is missing: the UART does not open at its baud, the probe is not there."""
         try:
             async with self._uart():
                 pass
@@ -279,8 +286,9 @@ class StationRunner:
         return None
 
     async def _ports_ready(self) -> None:
-        """Before an irreversible step: every port the rest of the sequence needs is still there."""
-        problem = await self.preflight()
+        """Before an irreversible step: the probe and the UART the rest of the sequence needs are
+        still there (the cloud's answers for steps 3 and 8 are fetched before them, by steps 2 and 7)."""
+        problem = await self._ports()
         if problem is not None:
             raise UartFailure(f"not starting an irreversible step: {problem}")
 
@@ -337,7 +345,7 @@ class StationRunner:
         try:
             while not self.stopping:
                 await self._safe_point()
-                problem = await self.preflight()
+                problem = await self.preflight(new_board=not self.journal.unfinished(self.station.name))
                 if problem is not None:  # never start a board this station could not finish
                     if self.status.state != "blocked" or self.status.last_error != problem:
                         self.log.warning("station.blocked", reason=problem)
@@ -500,6 +508,7 @@ class StationRunner:
             raise Fatal("the signed bootloader does not verify with the key it came with")
         board.bootloader_key = signed.public_key.hex()
         self.journal.save(board)
+        self.job_check.forget()  # this board took its share of the quota
 
         async def burn_key() -> None:
             await self._ports_ready()

@@ -49,30 +49,6 @@ def test_uart_corruption_and_a_brownout_mid_download_still_pass(tmp_path: Path) 
     assert any(e.get("cause") == "brown-out" for s in states for e in s["events"])
 
 
-def test_a_quota_refusal_fails_that_board_once_without_a_retry_storm(tmp_path: Path) -> None:
-    result, report = demo(
-        tmp_path / "run", "--stations", "1", "--boards", "2", "--app-size", "3000", "--quantity", "1"
-    )
-    assert result.returncode == 1  # not every board passed
-    boards = report["boards"]
-    assert isinstance(boards, list)
-    assert [b["outcome"] for b in boards] == ["PASS", "FAIL"]
-    refused = boards[1]
-    assert refused["failed_step"] == 2
-    assert "quota exhausted" in refused["reason"]
-    assert refused["steps"]["2"]["attempts"] == 1  # a 409 is final: no retries
-    cloud = tmp_path / "run" / "cloud"
-    audit = subprocess.run(
-        [venv_tool("cloudserver"), "audit", "--data", str(cloud), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    refusals = [json.loads(line) for line in audit.stdout.splitlines() if '"refuse"' in line]
-    assert len(refusals) == 1
-    assert refusals[0]["uid"] == refused["uid"]
-
-
 def test_a_taken_dashboard_port_is_a_one_line_error(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
