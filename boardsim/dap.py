@@ -39,7 +39,8 @@ class SwdPort:
     disconnected: bool = False
     """SWDIO/SWCLK lost (a loose cable): the DP answers nothing, as a locked part does; nRESET works."""
     lost_at_reset: bool = False
-    """The link is lost at the board's next reset (a cable that drops when the board resets)."""
+    """The link is lost at the board's next reset (a cable that drops when the board resets), until
+    the next board is put in (the operator re-seats the cable)."""
     armed_at: int = 0
     rng: random.Random = field(default_factory=random.Random)
     ctrl_stat: int = 0
@@ -50,6 +51,8 @@ class SwdPort:
     transfers: int = 0
 
     def attach(self, board: Board | None, core: Core | None) -> None:
+        if self.lost_at_reset and self.board is not None and self.board.resets > self.armed_at:
+            self.lost_at_reset = False  # lost with the board taken out: the next one is seated anew
         self.board, self.core = board, core
         self.armed_at = board.resets if board is not None else 0
         self.ctrl_stat = self.select = self.tar = self.rdbuff = 0

@@ -199,7 +199,7 @@ def demo(
     total = min(stations * boards, quantity or stations * boards)  # a board past the quota never starts
     processes = _start(workdir, stations, boards, baud, faults)
     try:
-        url, job_id = anyio.run(_create_job, workdir / "cloud", bodies, total)
+        url, job_id = anyio.run(_create_job, workdir / "cloud", bodies, quantity or total)
         simulated = json.loads((workdir / "boards" / "serve.json").read_text())
         (workdir / "stations.yaml").write_text(
             _stations_yaml(workdir, url, job_id, simulated, uart_timeout=2.0, api_port=api_port)

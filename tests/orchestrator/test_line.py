@@ -13,7 +13,7 @@ from tests.conftest import venv_tool
 def demo(workdir: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
     result = subprocess.run(
         [venv_tool("orchestrator"), "demo", "--workdir", str(workdir), "--api-port", "0", *args],
-        capture_output=True, text=True, timeout=900, check=False,
+        capture_output=True, text=True, timeout=1800, check=False,
     )  # fmt: skip
     report = json.loads((workdir / "report.json").read_text()) if (workdir / "report.json").exists() else {}
     return result, report
