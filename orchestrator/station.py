@@ -237,14 +237,9 @@ class StationRunner:
                 self.journal.event(board.uid, self.station.name, number, "result", attempt=n, outcome="ok")
         return result
 
-    async def debug(
-        self, operation: str, *args: Any, on_progress: Callable[[float], None] | None = None
-    ) -> Any:
+    async def debug(self, operation: str, *args: Any) -> Any:
         return await self.probe.call(
-            operation,
-            *args,
-            limit_s=self.line.defaults.debug.timeout_s,
-            on_progress=on_progress or self._progress,
+            operation, *args, limit_s=self.line.defaults.debug.timeout_s, on_progress=self._progress
         )
 
     async def _hardware_reset(self) -> None:
@@ -523,28 +518,17 @@ class StationRunner:
 
         await self.step(board, 3, burn_key)
 
-        await self.step(board, 4, lambda: self._program(signed.image))
+        async def program() -> None:
+            base = p.bootloader_slot.base
+            self.status.progress = 0.0
+            if await self.debug("read_memory", base, len(signed.image)) != signed.image:
+                await self.debug("flash", base, signed.image)
+            self.status.progress = 1.0
+            if await self.debug("read_memory", base, len(signed.image)) != signed.image:
+                raise ProbeFailure("failed", "the bootloader did not read back")
+
+        await self.step(board, 4, program)
         await self._reset_and_lock(board)
-
-    async def _program(self, image: bytes) -> None:
-        """Step 4, page by page, each page its own call within the debug deadline; a page that
-        already reads back right is skipped, so a retry (a timeout, an SWD fault, a crash) goes on
-        where the last attempt stopped instead of starting over."""
-        p = self.profile
-        base, size = p.bootloader_slot.base, p.aprom.page_size
-        pages = range(0, len(image), size)
-        for n, offset in enumerate(pages):
-            page = image[offset : offset + size]
-            self.status.progress = n / len(pages)
-
-            def progress(done: float, n: int = n) -> None:
-                self._progress((n + done) / len(pages))
-
-            if await self.debug("read_memory", base + offset, len(page)) != page:
-                await self.debug("flash", base + offset, page, on_progress=progress)
-        self.status.progress = 1.0
-        if await self.debug("read_memory", base, len(image)) != image:
-            raise ProbeFailure("failed", "the bootloader did not read back")
 
     async def _reset_and_lock(self, board: Board) -> None:
         """Steps 5 and 6. The lock is proven, never assumed: CONFIG0 read back with the lock setting
