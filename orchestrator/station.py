@@ -334,8 +334,9 @@ class StationRunner:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         structlog.contextvars.bind_contextvars(station=self.station.name)
         task_status.started()
-        # A board left unfinished by a crash may be running its application, silent on both ports:
-        # one nRESET brings back the ROM's SecureISP, and the journal says where to resume.
+        # A board left unfinished by a crash may be running its application, or sit in a SecureISP
+        # session cut off mid-exchange, silent on the UART either way: one nRESET before the first
+        # look brings back the ROM's SecureISP, and the journal says where to resume.
         reset_pending = bool(self.journal.unfinished(self.station.name))
         last = self.journal.last_finished(self.station.name)
         if last is not None and last.outcome is not None:  # shown until the next board, as before a restart
@@ -355,12 +356,11 @@ class StationRunner:
                     backoff = min(30.0, backoff * 2)
                     continue
                 backoff = 0.5
-                found = await self.identify()
-                if found is None and reset_pending:
-                    reset_pending = False
+                if reset_pending:  # before the first look: a SecureISP cut off mid-exchange stays silent
                     with contextlib.suppress(ProbeFailure):
-                        await self.debug("hardware_reset")
-                    found = await self.identify()
+                        await self._hardware_reset()
+                        reset_pending = False
+                found = await self.identify()
                 if found is None:
                     if self.status.state not in ("pass", "fail", "quarantine"):
                         self._show("waiting")  # a result stays shown until the next board
