@@ -55,6 +55,11 @@ class JournalBusy(OSError):
     """Another daemon holds the journal: two daemons on one journal fight over the same boards."""
 
 
+class JournalFailure(OSError):
+    """A journal write failed (disk full, I/O error). The write is not on disk, so nothing
+    irreversible may follow it: the station blocks until a write succeeds again (``Journal.check``)."""
+
+
 class Journal:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,6 +74,8 @@ class Journal:
             self._db.execute("ALTER TABLE boards ADD COLUMN reported REAL")
         self._lock = threading.Lock()
         self._claim: int | None = None
+        self.failure: str | None = None
+        """Why the last write failed, until one succeeds."""
 
     def __repr__(self) -> str:
         return f"<Journal {self.path}>"
@@ -103,9 +110,31 @@ class Journal:
         values = vars(board)
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
+        statement = f"INSERT OR REPLACE INTO boards ({columns}) VALUES ({marks})"  # noqa: S608  # our field names
+        self._write(statement, tuple(values.values()))
+
+    def _write(self, statement: str, params: tuple[Any, ...]) -> None:
+        """One committed write (autocommit, synchronous=FULL: on disk when it returns), or a
+        JournalFailure naming the journal and the cause."""
         with self._lock:
-            statement = f"INSERT OR REPLACE INTO boards ({columns}) VALUES ({marks})"  # noqa: S608  # our field names
-            self._db.execute(statement, tuple(values.values()))
+            try:
+                self._db.execute(statement, params)
+            except sqlite3.Error as error:
+                self.failure = f"{self.path}: {error}"
+                raise JournalFailure(f"the journal cannot be written: {self.failure}") from error
+            self.failure = None
+
+    def check(self) -> str | None:
+        """After a failed write, whether the journal takes writes again: None when it does, else
+        why not. Free while no write has failed. The test is a real row, as large as a step's (a
+        ``journal-check`` row of no board: when the journal came back)."""
+        if self.failure is None:
+            return None
+        try:
+            self.event("", "", 0, "journal-check", attempt=0, outputs={"failed": self.failure})
+        except JournalFailure as failure:
+            return str(failure)
+        return None
 
     def event(
         self,
@@ -118,12 +147,11 @@ class Journal:
         outcome: str = "",
         outputs: dict[str, Any] | None = None,
     ) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO steps (uid, station, step, phase, attempt, outcome, outputs, time) "
-                "VALUES (?,?,?,?,?,?,?,?)",
-                (uid, station, step, phase, attempt, outcome, json.dumps(outputs or {}), time.time()),
-            )
+        self._write(
+            "INSERT INTO steps (uid, station, step, phase, attempt, outcome, outputs, time) "
+            "VALUES (?,?,?,?,?,?,?,?)",
+            (uid, station, step, phase, attempt, outcome, json.dumps(outputs or {}), time.time()),
+        )
 
     def seen(self, uid: str, phase: str) -> bool:
         """Whether the board's journal holds a row of ``phase`` (e.g. ``lock-verified``)."""
@@ -173,8 +201,7 @@ class Journal:
         return int(row[0])
 
     def mark_reported(self, uid: str) -> None:
-        with self._lock:
-            self._db.execute("UPDATE boards SET reported = ? WHERE uid = ?", (time.time(), uid))
+        self._write("UPDATE boards SET reported = ? WHERE uid = ?", (time.time(), uid))
 
     def unreported(self, job_id: str, before: float, limit: int = 50) -> list[Board]:
         """Boards finished before ``before`` whose result the cloud has not taken (it was away)."""

@@ -30,7 +30,7 @@ from nuwire.profiles import TargetProfile
 from orchestrator.config import LineConfig, Station
 from orchestrator.errors import Fatal, Parked, Quarantine, Swapped
 from orchestrator.isp_steps import HostKeys, IspSteps
-from orchestrator.journal import FINAL, Board, Journal
+from orchestrator.journal import FINAL, Board, Journal, JournalFailure
 from orchestrator.metrics import Metrics
 from orchestrator.preflight import JobCheck
 from orchestrator.probe_worker import ProbeFailure, ProbeWorker
@@ -86,7 +86,11 @@ async def send_result(journal: Journal, cloud: CloudClient, board: Board, log: A
     except CloudError as error:
         log.warning("board.report_failed", uid=board.uid, error=str(error), kept="in the journal, sent later")
         return False
-    journal.mark_reported(board.uid)
+    try:
+        journal.mark_reported(board.uid)
+    except JournalFailure as failure:  # the cloud has it; it takes the repeat that follows once
+        log.warning("board.report_unrecorded", uid=board.uid, error=str(failure))
+        return False
     return True
 
 
@@ -121,6 +125,7 @@ class StationRunner:
         self.idle.set()
         self.on_done: Callable[[Board], None] = lambda _: None
         self._not_seen: tuple[str, int] | None = None
+        self._reset_pending = False  # nRESET before the next look at the fixture (see run)
         isp = line.secureisp
         self.isp = IspSteps(
             profile,
@@ -267,9 +272,12 @@ class StationRunner:
         return None if seen is None else (seen[0], "uart")
 
     async def preflight(self, *, new_board: bool = False) -> str | None:
-        """Why this station cannot take a board now, or None: its ports (see ``_ports``), then the
-        cloud and the job (orchestrator/preflight.py; ``new_board``: quota left too)."""
-        return await self._ports() or await self.job_check.problem(new_board=new_board)
+        """Why this station cannot take a board now, or None: the journal takes writes, its ports
+        (see ``_ports``), then the cloud and the job (orchestrator/preflight.py; ``new_board``:
+        quota left too)."""
+        return (
+            self.journal.check() or await self._ports() or await self.job_check.problem(new_board=new_board)
+        )
 
     async def _ports(self) -> str | None:
         """Why a local port is missing: the UART does not open at its baud, the probe is not there."""
@@ -286,9 +294,10 @@ class StationRunner:
         return None
 
     async def _ports_ready(self) -> None:
-        """Before an irreversible step: the probe and the UART the rest of the sequence needs are
-        still there (the cloud's answers for steps 3 and 8 are fetched before them, by steps 2 and 7)."""
-        problem = await self._ports()
+        """Before an irreversible step: the journal takes writes, and the probe and the UART the
+        rest of the sequence needs are still there (the cloud's answers for steps 3 and 8 are
+        fetched before them, by steps 2 and 7)."""
+        problem = self.journal.check() or await self._ports()
         if problem is not None:
             raise UartFailure(f"not starting an irreversible step: {problem}")
 
@@ -337,7 +346,7 @@ class StationRunner:
         # A board left unfinished by a crash may be running its application, or sit in a SecureISP
         # session cut off mid-exchange, silent on the UART either way: one nRESET before the first
         # look brings back the ROM's SecureISP, and the journal says where to resume.
-        reset_pending = bool(self.journal.unfinished(self.station.name))
+        self._reset_pending = bool(self.journal.unfinished(self.station.name))
         last = self.journal.last_finished(self.station.name)
         if last is not None and last.outcome is not None:  # shown until the next board, as before a restart
             self._show(last.outcome.lower(), last.uid)
@@ -356,10 +365,12 @@ class StationRunner:
                     backoff = min(30.0, backoff * 2)
                     continue
                 backoff = 0.5
-                if reset_pending:  # before the first look: a SecureISP cut off mid-exchange stays silent
+                if (
+                    self._reset_pending
+                ):  # before the first look: a SecureISP cut off mid-exchange stays silent
                     with contextlib.suppress(ProbeFailure):
                         await self._hardware_reset()
-                        reset_pending = False
+                        self._reset_pending = False
                 found = await self.identify()
                 if found is None:
                     if self.status.state not in ("pass", "fail", "quarantine"):
@@ -383,10 +394,17 @@ class StationRunner:
         board = self.journal.board(uid) or Board(
             uid=uid, station=self.station.name, job_id=self.line.job_id, started=time.time()
         )
-        self.journal.save(board)
         self.idle = anyio.Event()
         try:
+            self.journal.save(board)
             await self._provision(board, uid, via)
+        except JournalFailure as failure:
+            # What follows a write that is not on disk could not be resumed: the board stays open
+            # where the journal last has it, the station blocks until the journal takes writes.
+            self.log.error("station.blocked", uid=uid, step=self.status.step, reason=str(failure))
+            self._show("blocked")
+            self.status.last_error = str(failure)
+            self._reset_pending = True
         finally:
             self.idle.set()
 

@@ -7,8 +7,10 @@ model (a fake with the worker's interface), the real UART as a pseudo-terminal, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import sqlite3
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -362,5 +364,45 @@ def test_a_result_the_cloud_missed_is_kept_and_sent_later(tmp_path: Path) -> Non
         assert journal.board(old.uid_text).reported is not None  # type: ignore[union-attr]
         assert len(results) == before  # the cloud already had this very result: not recorded twice
         assert results[-1]["outcome"] == "PASS"
+
+    anyio.run(_line, tmp_path, scenario)
+
+
+def _fill(journal: Journal) -> None:
+    """The journal's disk is full: SQLite may grow the file by no page (``max_page_count``: the
+    SQLITE_FULL a full disk gives), and the pages it has are filled with rows."""
+    db = journal._db  # the test's own hand on the file's limit
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    with contextlib.suppress(sqlite3.OperationalError):
+        while True:
+            db.execute("INSERT INTO steps (uid, step, phase, time) VALUES ('filler', 0, 'fill', 0)")
+
+
+def test_a_full_journal_blocks_the_station_before_the_otp_write(tmp_path: Path) -> None:
+    """Issue 10, finding 8: the disk under the journal fills just before step 3 writes its intent.
+    Nothing irreversible runs without its intent on disk: the station blocks with the reason, the
+    board stays open, and once the journal takes writes again the board is resumed and passes."""
+
+    async def scenario(
+        runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
+    ) -> None:
+        def fill_at_step_3(operation: str) -> None:
+            if operation == "read_otp" and runner.status.step == 3 and journal.failure is None:
+                _fill(journal)
+
+        runner.probe = FakeProbe(fixture, fill_at_step_3)  # type: ignore[assignment]
+        await runner.provision(old.uid_text, "debug")
+        assert runner.status.state == "blocked"
+        assert "disk is full" in runner.status.last_error
+        assert not any(old.otp_program_counts)  # no OTP word without its intent on disk
+        assert journal.board(old.uid_text).outcome is None  # type: ignore[union-attr]
+        assert "disk is full" in (await runner.preflight() or "")  # it starts nothing until then
+        journal._db.execute("PRAGMA max_page_count = 1000000")  # space again
+        assert await runner.preflight() is None
+        runner.probe = FakeProbe(fixture)  # type: ignore[assignment]
+        await runner.provision(old.uid_text, "debug")
+        assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
+        assert old.otp_program_counts[:24] == [1] * 24
+        assert [e["phase"] for e in journal.steps("")] == ["journal-check"]  # when it came back
 
     anyio.run(_line, tmp_path, scenario)
