@@ -71,6 +71,7 @@ class Line:
         self._on_done: Any = lambda: None
         self._stop_timeout_s = 30.0
         self._reload_lock = anyio.Lock()
+        self._leaving: dict[str, anyio.Event] = {}  # stations stopping after a reload: shown until parked
         self.boards_done = 0  # since the daemon started; numbers the event stream's board events
         self.board_events: deque[tuple[int, dict[str, Any]]] = deque(maxlen=256)  # the latest only
         self.api: Api | None = None
@@ -122,11 +123,19 @@ class Line:
         log.info("station.start", station=station.name, probe=station.probe, uart=station.uart)
 
     async def _stop_station(self, name: str, entry: tuple[Station, StationRunner, anyio.CancelScope]) -> None:
+        """Stop one station at a safe point; it stays in the view (``stopping``) until then."""
         _, runner, scope = entry
+        left = self._leaving.setdefault(name, anyio.Event())
         runner.stop()
-        with anyio.move_on_after(self._stop_timeout_s):  # a safe point: between boards or steps
-            await runner.idle.wait()
-        scope.cancel()
+        try:
+            with anyio.move_on_after(self._stop_timeout_s):  # a safe point: between boards or steps
+                await runner.idle.wait()
+            scope.cancel()
+        finally:
+            if self.stations.get(name) is entry:
+                del self.stations[name]
+            del self._leaving[name]
+            left.set()
         log.info("station.stop", station=name)
 
     async def reload(self, group: TaskGroup) -> None:
@@ -142,16 +151,20 @@ class Line:
                 "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
             )
             wanted = {s.name: s for s in config.stations if s.enabled}
-            running = {name: station for name, (station, _, _) in self.stations.items()}
+            for name in wanted.keys() & self._leaving.keys():  # back before it stopped: one runner per probe
+                await self._leaving[name].wait()
+            running = {n: station for n, (station, _, _) in self.stations.items() if n not in self._leaving}
             # Stations and step settings reload; the cloud, the job and the keys need a restart.
             self.config = self.config.model_copy(
                 update={"stations": config.stations, "defaults": config.defaults}
             )
             for name, station in running.items():
+                if name not in wanted or wanted[name] != station:
+                    self._leaving[name] = anyio.Event()
                 if name not in wanted:
-                    group.start_soon(self._stop_station, name, self.stations.pop(name))
+                    group.start_soon(self._stop_station, name, self.stations[name])
                 elif wanted[name] != station:
-                    group.start_soon(self._restart_station, group, wanted[name], self.stations.pop(name))
+                    group.start_soon(self._restart_station, group, wanted[name], self.stations[name])
             for name, station in wanted.items():
                 if name not in running:
                     await self._start_station(group, station)
@@ -263,6 +276,7 @@ class Line:
         step = BY_NUMBER.get(status["step"] or 0)
         return {
             "name": name, "probe": station.probe, "uart": station.uart, "paused": runner.paused,
+            "stopping": runner.stopping,
             **status, "step_name": step.name if step else None, "progress": round(runner.status.progress, 3),
         }  # fmt: skip
 

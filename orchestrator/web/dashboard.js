@@ -61,7 +61,7 @@ function tile(name) {
 function renderStation(s) {
   const t = tile(s.name);
   t.node.className = `tile ${s.state}`;
-  t.state.textContent = s.state;
+  t.state.textContent = s.stopping ? `${s.state}, stopping` : s.state;
   t.uid.textContent = s.uid || "no board";
   const step = s.step ? `${s.step} ${s.step_name}` : "";
   if (s.state === "pass") t.step.textContent = "provisioned";

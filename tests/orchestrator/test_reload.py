@@ -9,6 +9,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import httpx
 import yaml
 
 from tests.orchestrator.harness import count_boards, simulated_line
@@ -72,3 +73,41 @@ def test_sighup_adds_and_removes_stations_and_refuses_a_bad_file(tmp_path: Path)
             (reloaded + 1, readded),
         )
         assert late.fetchone()[0] == 0  # the removed station took no new board
+
+
+def _settled(log: Path, station: str) -> bool:
+    """The station's board reached its safe point: parked (journal open), or finished."""
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    return any(e.get("station") == station and e["event"] in ("board.parked", "board.done") for e in events)
+
+
+def test_a_station_removed_mid_board_stays_in_view_until_it_has_parked(tmp_path: Path) -> None:
+    """Issue 10, finding 6: a reload that removes a station busy with a board lets the board reach
+    a safe point first, and the status shows that station (``stopping``) until it has."""
+    workdir = tmp_path / "line"
+    config = workdir / "stations.yaml"
+    with simulated_line(
+        workdir, stations=2, boards=1, baud=115_200, app_size=20_000, quantity=2
+    ) as simulated:
+        full = yaml.safe_load(simulated.stations_yaml)
+        daemon = simulated.daemon()
+        simulated.serving(daemon)
+        url = json.loads((workdir / "api.json").read_text())["url"]
+        busy = "station = 'station-02' AND outcome IS NULL"
+        simulated.until(lambda: count_boards(simulated.journal, busy) == 1, "station-02 busy", daemon)
+        config.write_text(yaml.safe_dump({**full, "stations": full["stations"][:1]}, sort_keys=False))
+        daemon.send_signal(signal.SIGHUP)
+        simulated.until(lambda: "config.reloaded" in simulated.log.read_text(), "the reload", daemon)
+        seen_stopping = False
+        while True:
+            settled = _settled(simulated.log, "station-02")  # before the status is asked for
+            stations = httpx.get(f"{url}/api/v1/status", timeout=30).json()["stations"]
+            shown = {s["name"]: s for s in stations}
+            if "station-02" not in shown:
+                break
+            seen_stopping |= shown["station-02"]["stopping"]
+            time.sleep(0.05)
+        assert settled, "station-02 left the view before its board reached a safe point"
+        assert seen_stopping
+        assert "station-01" in shown
+        simulated.stop(daemon)
