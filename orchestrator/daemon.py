@@ -111,10 +111,7 @@ class Line:
                         return
                     except Exception:
                         log.exception("station.crashed", station=station.name, restart_in_s=5)
-                        runner.status.state, runner.status.last_error = (
-                            "waiting",
-                            "station crashed: see the log",
-                        )
+                        runner.crashed("station crashed: see the log")
                     task_status = anyio.TASK_STATUS_IGNORED
                     await anyio.sleep(5)
 

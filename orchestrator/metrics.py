@@ -22,12 +22,14 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from orchestrator.states import State
+
 if TYPE_CHECKING:
     from orchestrator.station import StationRunner
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series only double the exposition; rate() needs none
 
-STATES = ("idle", "waiting", "blocked", "provisioning", "paused", "stopped", "pass", "fail", "quarantine")
+STATES = tuple(state.value for state in State)
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 CLOUD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _ID = re.compile(r"/[0-9A-Fa-f-]{6,}(?=/|$)")

@@ -34,12 +34,14 @@ from orchestrator.journal import FINAL, Board, Journal, JournalFailure
 from orchestrator.metrics import Metrics
 from orchestrator.preflight import JobCheck
 from orchestrator.probe_worker import ProbeFailure, ProbeWorker
+from orchestrator.states import Event, State, StationMachine
 from orchestrator.steps import BY_NUMBER, StepClass
 from orchestrator.uart import UartFailure, UartLink
 
 T = TypeVar("T")
 ERASED = 0xFFFFFFFF
 LOCK_READS = 3
+OUTCOME_EVENT = {"PASS": Event.PASSED, "FAIL": Event.FAILED, "QUARANTINE": Event.QUARANTINED}
 """Reads of the debug port that must all go unanswered before a board is taken for locked."""
 
 
@@ -53,7 +55,7 @@ def retryable(error: BaseException) -> bool:
 
 @dataclass
 class StationStatus:
-    state: str = "idle"
+    state: str = State.IDLE.value  # set from the station's StationMachine only
     uid: str | None = None
     step: int | None = None
     attempt: int = 0
@@ -115,6 +117,7 @@ class StationRunner:
             station.probe, profile.name, on_restart=self.metrics.probe_restarts.labels(station.name).inc
         )
         self.status = StationStatus()
+        self.machine = StationMachine()
         self.paused = False
         self._resumed = anyio.Event()
         self.log = structlog.get_logger("orchestrator").bind(
@@ -149,10 +152,22 @@ class StationRunner:
     def __repr__(self) -> str:
         return f"<StationRunner {self.station.name} state={self.status.state} uid={self.status.uid}>"
 
-    def _show(self, state: str, uid: str | None = None) -> None:
-        if (self.status.state, self.status.uid) != (state, uid):
-            self.status.state, self.status.uid, self.status.step = state, uid, None
-            self.status.attempt, self.status.progress, self.status.last_error = 0, 0.0, ""
+    def _fire(self, event: Event) -> None:
+        """Move the station by ``event`` (orchestrator/states.py: an illegal one raises)."""
+        self.status.state = self.machine.fire(event).value
+
+    def _show(self, event: Event, uid: str | None = None) -> None:
+        """``_fire``; a new state, or a board other than the one shown, starts a clean tile."""
+        before = self.status.state
+        self._fire(event)
+        if self.status.state != before or (uid is not None and uid != self.status.uid):
+            self.status.uid, self.status.step, self.status.attempt = uid, None, 0
+            self.status.progress, self.status.last_error = 0.0, ""
+
+    def crashed(self, reason: str) -> None:
+        """A bug escaped this station's task (the daemon starts it again)."""
+        self._fire(Event.CRASHED)
+        self.status.last_error = reason
 
     # -- pause and resume -------------------------------------------------------------------------
 
@@ -176,10 +191,10 @@ class StationRunner:
 
     async def _safe_point(self) -> None:
         if self.paused and not self.stopping:
-            state, self.status.state = self.status.state, "paused"
+            self._fire(Event.PAUSE)
             await self._resumed.wait()
-            self.status.state = state
-        if self.stopping and self.status.state == "provisioning":
+            self._fire(Event.RESUME)
+        if self.stopping and self.machine.state is State.PROVISIONING:
             raise Parked("the station stops: the board is parked at a safe point, resumed at the next start")
 
     # -- running steps ----------------------------------------------------------------------------
@@ -349,7 +364,7 @@ class StationRunner:
         self._reset_pending = bool(self.journal.unfinished(self.station.name))
         last = self.journal.last_finished(self.station.name)
         if last is not None and last.outcome is not None:  # shown until the next board, as before a restart
-            self._show(last.outcome.lower(), last.uid)
+            self._show(OUTCOME_EVENT[last.outcome], last.uid)
             self.status.step = last.failed_step
         backoff = 0.5
         try:
@@ -359,7 +374,7 @@ class StationRunner:
                 if problem is not None:  # never start a board this station could not finish
                     if self.status.state != "blocked" or self.status.last_error != problem:
                         self.log.warning("station.blocked", reason=problem)
-                    self._show("blocked")
+                    self._show(Event.BLOCKED)
                     self.status.last_error = problem
                     await anyio.sleep(backoff)
                     backoff = min(30.0, backoff * 2)
@@ -373,8 +388,7 @@ class StationRunner:
                         self._reset_pending = False
                 found = await self.identify()
                 if found is None:
-                    if self.status.state not in ("pass", "fail", "quarantine"):
-                        self._show("waiting")  # a result stays shown until the next board
+                    self._show(Event.EMPTY)  # a result stays shown until the next board
                     await anyio.sleep(0.3)
                     continue
                 uid, via = found
@@ -382,7 +396,7 @@ class StationRunner:
                 if known is None or known.outcome not in FINAL:
                     await self.provision(uid, via)
                     continue
-                self._show(known.outcome.lower(), uid)  # a finished board still in the fixture
+                self._show(OUTCOME_EVENT[known.outcome], uid)  # a finished board still in the fixture
                 await anyio.sleep(0.3)
         finally:
             with anyio.CancelScope(shield=True):
@@ -402,14 +416,14 @@ class StationRunner:
             # What follows a write that is not on disk could not be resumed: the board stays open
             # where the journal last has it, the station blocks until the journal takes writes.
             self.log.error("station.blocked", uid=uid, step=self.status.step, reason=str(failure))
-            self._show("blocked")
+            self._show(Event.BLOCKED, uid)
             self.status.last_error = str(failure)
             self._reset_pending = True
         finally:
             self.idle.set()
 
     async def _provision(self, board: Board, uid: str, via: str) -> None:
-        self.status.state, self.status.uid, self.status.progress = "provisioning", uid, 0.0
+        self._show(Event.FOUND, uid)
         log = self.log.bind(uid=uid)
         started = time.monotonic()
         open_intents = self.journal.open_intents(uid)
@@ -435,11 +449,11 @@ class StationRunner:
             board.outcome = "PASS"
         except Swapped as swap:
             log.warning("board.swapped", reason=str(swap))
-            self.status.state = "idle"
+            self._fire(Event.SWAPPED)
             return
         except Parked as parked:
             log.info("board.parked", reason=str(parked), step=self.status.step)
-            self.status.state = "stopped"
+            self._fire(Event.PARKED)
             return
         except Quarantine as quarantine:
             board.outcome, board.reason = "QUARANTINE", str(quarantine)
@@ -451,7 +465,7 @@ class StationRunner:
         self.journal.save(board)
         self.status.counts[board.outcome] += 1
         self.metrics.boards.labels(self.station.name, board.outcome).inc()
-        self.status.state = board.outcome.lower()
+        self._fire(OUTCOME_EVENT[board.outcome])
         if board.obj_id is None:  # stopped before the cloud gave it an OBJ_ID: nothing to report to
             log.warning("board.report_skipped", reason="no OBJ_ID")
         else:
