@@ -98,7 +98,7 @@ def _prepare(workdir: Path, app_size: int) -> dict[str, bytes]:
 
 
 def _start(
-    workdir: Path, stations: int, boards: int, baud: int, faults: Path | None
+    workdir: Path, stations: int, boards: int, baud: int, faults: Path | None, *, board_kind: str = "blank"
 ) -> list[subprocess.Popen[bytes]]:
     """cloudserver and boardsim in their own processes, on 127.0.0.1, logging into WORKDIR/logs."""
     env = dict(os.environ)
@@ -107,7 +107,7 @@ def _start(
     subprocess.run(init, check=True, capture_output=True)  # noqa: S603  # the project's own console script
     simulator = [
         _tool("boardsim"), "serve", "--stations", str(stations), "--state-dir", str(boards_dir),
-        "--boards-per-station", str(boards), "--baud", str(baud),
+        "--boards-per-station", str(boards), "--baud", str(baud), "--board-kind", board_kind,
         "--handling-delay", "0.2", "--idle-removal", "120", "--acknowledge-from", str(workdir / "api.json"),
         *(["--faults", str(faults)] if faults is not None else []),
     ]  # fmt: skip

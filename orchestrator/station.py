@@ -41,6 +41,7 @@ from orchestrator.uart import UartFailure, UartLink
 T = TypeVar("T")
 ERASED = 0xFFFFFFFF
 LOCK_READS = 3
+SWD_SILENT = "debug port silent while CONFIG0 is not locked: check SWD"
 OUTCOME_EVENT = {"PASS": Event.PASSED, "FAIL": Event.FAILED, "QUARANTINE": Event.QUARANTINED}
 """Reads of the debug port that must all go unanswered before a board is taken for locked."""
 
@@ -127,7 +128,7 @@ class StationRunner:
         self.idle = anyio.Event()
         self.idle.set()
         self.on_done: Callable[[Board], None] = lambda _: None
-        self._not_seen: tuple[str, int] | None = None
+        self._not_seen: tuple[str, int] | None = None  # (UID, CONFIG0) of a board whose SWD is silent
         self._reset_pending = False  # nRESET before the next look at the fixture (see run)
         isp = line.secureisp
         self.isp = IspSteps(
@@ -279,10 +280,13 @@ class StationRunner:
         lock setting. Any other failure, a flaky SWD read included, is "try again", never a verdict.
         """
         try:
-            return await self._read_uid(), "debug"
+            uid = await self._read_uid()
         except ProbeFailure as failure:
             if failure.kind != "not_detected":
                 return None
+        else:
+            self._not_seen = None
+            return uid, "debug"
         seen = await self._lock_seen()
         return None if seen is None else (seen[0], "uart")
 
@@ -335,15 +339,17 @@ class StationRunner:
             if found is not None:
                 break
         else:
+            self._not_seen = None
             return None  # nothing answers (no board, or an application running)
         if not self.profile.debug_lock.is_locked(found[1]):
             # A silent debug port on a board whose SecureISP says it is not locked: the SWD link
             # is lost (a cable, a probe), not the lock. Said once per board.
             if self._not_seen != found:
-                reason = "debug port silent while CONFIG0 is not locked: check SWD"
-                self.log.warning("lock.not_seen", uid=found[0], config0=f"0x{found[1]:08X}", reason=reason)
+                config0 = f"0x{found[1]:08X}"
+                self.log.warning("lock.not_seen", uid=found[0], config0=config0, reason=SWD_SILENT)
             self._not_seen = found
             return None
+        self._not_seen = None
         return found
 
     def _uart(self) -> UartLink:
@@ -387,6 +393,11 @@ class StationRunner:
                         await self._hardware_reset()
                         self._reset_pending = False
                 found = await self.identify()
+                if found is None and self._not_seen is not None:  # a board the probe cannot reach
+                    self._show(Event.BLOCKED, self._not_seen[0])
+                    self.status.last_error = f"board {self._not_seen[0]}: {SWD_SILENT}"
+                    await anyio.sleep(0.3)
+                    continue
                 if found is None:
                     self._show(Event.EMPTY)  # a result stays shown until the next board
                     await anyio.sleep(0.3)

@@ -8,6 +8,9 @@ import json
 import signal
 import sqlite3
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from nuwire.profiles import M2354
 from tests.orchestrator.harness import simulated_line
@@ -32,6 +35,11 @@ def _logged(log: Path, event: str, after: int) -> bool:
         return False
     with log.open() as lines:
         return any(f'"{event}"' in line for line in list(lines)[after:])
+
+
+def _station(url: str) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx.get(f"{url}/api/v1/stations/station-01", timeout=30).json()
+    return answer
 
 
 def test_swd_lost_at_step_5_never_passes_unlocked(tmp_path: Path) -> None:
@@ -62,6 +70,10 @@ def test_swd_lost_on_resume_after_step_4_waits_then_locks(tmp_path: Path) -> Non
         # a silent debug port, CONFIG0 unlocked: not taken for a locked board, nothing goes on
         line.until(lambda: _logged(line.log, "lock.not_seen", lines), "lock.not_seen", daemon)
         assert finished(line.journal) == 0
+        line.serving(daemon)  # and the tile says why the board waits
+        url = json.loads((workdir / "api.json").read_text())["url"]
+        line.until(lambda: "check SWD" in _station(url)["last_error"], "blocked: check SWD", daemon)
+        assert _station(url)["state"] == "blocked"
         line.fault("station-01", swd_disconnected=False)
         line.until(lambda: finished(line.journal) == 1, "outcome", daemon)
         line.stop(daemon)

@@ -1,0 +1,280 @@
+"""Chaos: SIGKILL the daemon again and again over a simulated line whose stations each carry a
+fault, with cloud outages in between, then check every board against the safety invariants of
+../shared/DESIGN.md from the boards' own state (boardsim's state folder), the journal and the
+cloud's audit log. Boards that come with foreign or half-written OTP go through a line of their own.
+
+    python bench/chaos.py [--kills 300] [--stations 7] [--boards 6] [--seed 1] [--workdir DIR]
+
+Prints one JSON object; ``violations`` lists every broken invariant (empty is the pass mark).
+The faults, one per station in this order (cycled): none; UART corruption and loss (each 1e-4 a
+byte: Nuvoton's SecureISP ends at the first damaged request, so 5e-4 already costs a board); a brown-out
+at the first MASS_WRITE; SWD transfer faults at 0.01; a target 3x slower; the first READ_CONFIG
+answer lost; the SWD link lost at the first reset (that board FAILs at step 5: the one FAIL
+expected). Kills land at a random time, as soon as a step's intent is journaled, or as soon as an
+irreversible step's intent (OTP, lock) is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import anyio
+import yaml
+
+from cloudserver.client import CloudClient, client_context
+from nuwire.profiles import M2354
+from orchestrator.demo import _create_job, _prepare, _start, _stations_yaml, _tool
+
+FAULTS: tuple[dict[str, object], ...] = (
+    {},
+    {"uart_corrupt_rate": 0.0001, "uart_loss_rate": 0.0001},
+    {"brownout_at_command": 0x8301},
+    {"swd_fault_rate": 0.01},
+    {"slow_factor": 3.0},
+    {"answer_lost_at_command": 0x82},
+    {"swd_lost_at_reset": True},
+)
+EXPECTED_FAIL = {"swd_lost_at_reset": 5}  # a fault whose board may FAIL, at this step
+FINAL = ("PASS", "FAIL", "QUARANTINE")
+IRREVERSIBLE = ("otp-intent", "lock-intent")
+
+
+class Line:
+    """One simulated line (cloudserver and boardsim) and the daemons started on it."""
+
+    def __init__(self, workdir: Path, stations: int, boards: int, *, kind: str = "blank") -> None:
+        self.workdir, self.stations = workdir, stations
+        bodies = _prepare(workdir, 4000)
+        faults = workdir / "faults.yaml"
+        by_station = {f"station-{n + 1:02d}": FAULTS[n % len(FAULTS)] for n in range(stations)}
+        faults.write_text(yaml.safe_dump({k: v for k, v in by_station.items() if v and kind == "blank"}))
+        self.faults = by_station if kind == "blank" else {}
+        os.environ["BOARDSIM_PROBES"] = str((workdir / "probes").resolve())
+        self.processes = _start(workdir, stations, boards, 921_600, faults, board_kind=kind)
+        self.url, self.job_id = anyio.run(_create_job, workdir / "cloud", bodies, stations * boards)
+        simulated = json.loads((workdir / "boards" / "serve.json").read_text())
+        (workdir / "stations.yaml").write_text(
+            _stations_yaml(workdir, self.url, self.job_id, simulated, uart_timeout=2.0)
+        )
+        self.journal = workdir / "journal.db"
+        self.total = stations * boards
+
+    def daemon(self) -> subprocess.Popen[bytes]:
+        log = self.workdir / "logs" / "orchestrator.jsonl"
+        command = [_tool("orchestrator"), "run", "--config", str(self.workdir / "stations.yaml"),
+                   "--journal", str(self.journal), "--log-file", str(log)]  # fmt: skip
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603  # our own script
+
+    def query(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        if not self.journal.exists():
+            return []
+        try:
+            with sqlite3.connect(self.journal, timeout=30) as db:
+                return db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError:  # the daemon has created the file but not yet its tables
+            return []
+
+    def finished(self) -> int:
+        rows = self.query("SELECT COUNT(*) FROM boards WHERE outcome IN ('PASS','FAIL','QUARANTINE')")
+        return int(rows[0][0]) if rows else 0
+
+    def last_row(self) -> int:
+        rows = self.query("SELECT COALESCE(MAX(id), 0) FROM steps")
+        return int(rows[0][0]) if rows else 0
+
+    def row_after(self, mark: int, phases: tuple[str, ...]) -> bool:
+        marks = ",".join("?" for _ in phases)
+        query = f"SELECT 1 FROM steps WHERE id > ? AND phase IN ({marks}) LIMIT 1"  # noqa: S608  # our phases
+        return bool(self.query(query, mark, *phases))
+
+    async def outage(self, seconds: float) -> None:
+        pki = self.workdir / "cloud" / "pki"
+        async with CloudClient(
+            self.url, client_context(pki / "admin.crt", pki / "admin.key", pki / "ca.crt")
+        ) as admin:
+            await admin.maintenance(seconds)
+
+    def mend(self) -> None:
+        """A person fixes every station's fault (re-seats the cables): the boards still open can finish."""
+        for station in self.faults:
+            request = {"op": "faults", "station": station, "set": {
+                "uart_corrupt_rate": 0.0, "uart_loss_rate": 0.0, "brownout_at_command": None,
+                "swd_fault_rate": 0.0, "slow_factor": 1.0, "answer_lost_at_command": None,
+                "swd_lost_at_reset": False}}  # fmt: skip
+            command = [
+                _tool("boardsim"),
+                "ctl",
+                "--state-dir",
+                str(self.workdir / "boards"),
+                json.dumps(request),
+            ]
+            subprocess.run(command, capture_output=True, check=True)  # noqa: S603  # our own script
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+def campaign(line: Line, kills: int, rng: random.Random, bound_s: float) -> dict[str, Any]:
+    """Kill the daemon ``kills`` times (or until every board is done), then mend the faults and
+    let it finish (a board behind a lost SWD link waits for a person, by design)."""
+    deadline = time.monotonic() + bound_s
+    kinds: Counter[str] = Counter()
+    outages: set[int] = set()
+    while kinds.total() < kills and line.finished() < line.total and time.monotonic() < deadline:
+        if kinds.total() % 60 == 30 and kinds.total() not in outages:
+            anyio.run(line.outage, 3.0)  # the cloud answers 503 for a while
+            outages.add(kinds.total())
+        mark = line.last_row()
+        daemon = line.daemon()
+        kind = rng.choice(("random", "intent", "irreversible"))
+        until = time.monotonic() + (rng.uniform(0.3, 4.0) if kind == "random" else 30.0)
+        phases = ("intent",) if kind == "intent" else IRREVERSIBLE
+        while time.monotonic() < until and daemon.poll() is None:
+            if kind != "random" and line.row_after(mark, phases):
+                break
+            time.sleep(0.002)
+        else:
+            kind = "random" if kind == "random" else f"{kind}_not_reached"
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait()
+        kinds[kind] += 1
+    line.mend()
+    deadline = time.monotonic() + 900  # a bound for the rest: every station is sound now
+    daemon = line.daemon()
+    while line.finished() < line.total and time.monotonic() < deadline and daemon.poll() is None:
+        time.sleep(0.5)
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(timeout=120)
+    return {**kinds, "cloud_outages": len(outages)}
+
+
+def violations(line: Line, *, expect_quarantine: bool) -> tuple[list[str], list[str], Counter[str]]:
+    """Every broken invariant on this line's boards, from their own state, the journal, the cloud;
+    and the FAILs no fault explains (not unsafe, but a good board lost)."""
+    found: list[str] = []
+    unexplained: list[str] = []
+    outcomes: Counter[str] = Counter()
+    boards = {
+        row[0]: row
+        for row in line.query(
+            "SELECT uid, outcome, failed_step, reason, station, bootloader_key, application_key FROM boards"
+        )
+    }
+    verified = {row[0] for row in line.query("SELECT DISTINCT uid FROM steps WHERE phase = 'lock-verified'")}
+    for state_file in sorted((line.workdir / "boards").glob("53494D*/state.json")):
+        state = json.loads(state_file.read_text())
+        uid = state["uid"]
+        otp = (state_file.parent / "otp.bin").read_bytes()
+        touched = any(state["otp_program_counts"]) or state["debug_locked"]
+        row = boards.get(uid)
+        outcome = row[1] if row else None
+        outcomes[outcome or "none"] += 1
+        if outcome not in FINAL:
+            if touched or row is not None:
+                found.append(f"{uid}: started or written, but no final outcome (invariant 6)")
+            continue
+        if max(state["otp_program_counts"]) > 1:
+            found.append(f"{uid}: an OTP word programmed twice (invariant 1)")
+        if outcome == "QUARANTINE" and not expect_quarantine:
+            found.append(f"{uid}: a blank board quarantined: {row[3]} (invariant 7)")
+        if outcome != "QUARANTINE" and expect_quarantine:
+            found.append(f"{uid}: a board with foreign OTP ended {outcome} (invariant 1)")
+        if expect_quarantine and any(state["otp_program_counts"]):
+            found.append(f"{uid}: OTP written on a board that carries a foreign key (invariant 1)")
+        if outcome == "FAIL":
+            if not row[2] or not row[3]:
+                found.append(f"{uid}: FAIL without step and reason (invariant 6)")
+            fault = line.faults.get(row[4], {})
+            if not any(fault.get(name) and row[2] == step for name, step in EXPECTED_FAIL.items()):
+                unexplained.append(f"{uid}: FAIL at step {row[2]} on {row[4]}: {row[3]}")
+        if outcome == "PASS":
+            found += _pass_violations(uid, state, otp, row, uid in verified)
+    audit = subprocess.run(  # noqa: S603  # our own script
+        [_tool("cloudserver"), "audit", "--data", str(line.workdir / "cloud"), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    made = Counter(
+        (e["uid"], e["detail"]) for e in map(json.loads, audit.splitlines()) if e["action"] == "key_create"
+    )
+    found += [
+        f"{uid}: {purpose} key made {n} times (invariant 3)" for (uid, purpose), n in made.items() if n > 1
+    ]
+    return found, unexplained, outcomes
+
+
+def _pass_violations(
+    uid: str, state: dict[str, Any], otp: bytes, row: tuple[Any, ...], verified: bool
+) -> list[str]:
+    found = []
+    if not state["debug_locked"] or not verified:
+        found.append(f"{uid}: PASS without a seen lock (locked={state['debug_locked']}, journal={verified})")
+    if state["booted"] != "application":
+        found.append(f"{uid}: PASS but the board runs {state['booted']}")
+    wanted = {
+        **M2354.bootloader_key_entries(bytes.fromhex(row[5])),
+        **M2354.app_key_hash_entries(bytes.fromhex(row[6])),
+    }
+    for entry, (low, high) in wanted.items():
+        if otp[8 * entry : 8 * entry + 8] != low.to_bytes(4, "little") + high.to_bytes(4, "little"):
+            found.append(f"{uid}: OTP entry {entry} is not the key the journal and the cloud hold")
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=300)
+    parser.add_argument("--stations", type=int, default=len(FAULTS))
+    parser.add_argument("--boards", type=int, default=6, help="per station")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--bound-s", type=float, default=5400, help="give up after this long")
+    args = parser.parse_args()
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="chaos-"))
+    started = time.monotonic()
+    rng = random.Random(args.seed)  # noqa: S311  # kill times, not secrets
+    report: dict[str, Any] = {
+        "kills_asked": args.kills,
+        "stations": args.stations,
+        "boards": args.stations * args.boards,
+    }
+    line = Line(root / "kills", args.stations, args.boards)
+    try:
+        report["kills"] = campaign(line, args.kills, rng, args.bound_s)
+        report["violations"], report["unexplained_fails"], report["outcomes"] = violations(
+            line, expect_quarantine=False
+        )
+    finally:
+        line.close()
+    for kind in ("foreign-key", "half", "objid"):  # boards that carry another line's key or OBJ_ID
+        other = Line(root / kind, 2, 1, kind=kind)
+        try:
+            kills = campaign(other, 3, rng, args.bound_s)
+            found, unexplained, outcomes = violations(other, expect_quarantine=True)
+        finally:
+            other.close()
+        report[kind] = {"kills": kills, "outcomes": outcomes}
+        report["violations"] += found + unexplained
+    report["seconds"] = round(time.monotonic() - started, 1)
+    report["workdir"] = str(root)
+    print(json.dumps(report, indent=1))
+    return 1 if report["violations"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
