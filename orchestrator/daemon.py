@@ -20,15 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from cloudserver.client import CloudClient, client_context
 from nuwire.pem import load_private_key
 from nuwire.profiles import profile
 from orchestrator import systemd
 from orchestrator.api import Api, read_token, write_address
+from orchestrator.cloud import LineCloud
 from orchestrator.config import ConfigError, LineConfig, Station, load
 from orchestrator.journal import Board, Journal
 from orchestrator.metrics import Metrics
@@ -38,19 +37,6 @@ from orchestrator.station import StationRunner, send_result
 from orchestrator.steps import BY_NUMBER
 
 log = structlog.get_logger("orchestrator")
-
-
-def line_cloud(config: LineConfig, observe: Callable[[str, str, float, int], None]) -> CloudClient:
-    """The line's cloud client. One retry layer: the station's steps retry (defaults.cloud.retry),
-    each attempt within defaults.cloud.timeout_s; the client makes one request per call."""
-    cloud = config.cloud
-    return CloudClient(
-        cloud.url,
-        client_context(cloud.client_certificate, cloud.client_key, cloud.ca),
-        attempts=1,
-        timeout=httpx.Timeout(config.defaults.cloud.timeout_s),
-        observe=observe,
-    )
 
 
 class Line:
@@ -63,8 +49,8 @@ class Line:
         self.metrics = Metrics()
         self.metrics.info.labels(config.line, config.job_id).set(1)
         self.metrics.watch(lambda: self.runners)
-        self.cloud = line_cloud(config, self.metrics.cloud_request)
-        self.job_check = JobCheck(self.cloud, config.job_id, timeout_s=config.defaults.cloud.timeout_s)
+        self.cloud = LineCloud.for_line(config, self.metrics.cloud_request)
+        self.job_check = JobCheck(self.cloud, config.job_id)
         self._key = load_private_key(config.secureisp.station_key)
         self._profile = profile(config.target_profile)
         self.stations: dict[str, tuple[Station, StationRunner, anyio.CancelScope]] = {}

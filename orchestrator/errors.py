@@ -1,30 +1,111 @@
-"""How a board's sequence stops, besides the ports' own failures::
+"""Every way a board's sequence stops, as one tree (the shape of httpx/_exceptions.py)::
 
-    Exception
-     ├── Fatal          the board fails here: retrying cannot help (quota, signature mismatch)
-     ├── Quarantine     the board holds what it should not (a foreign OTP value, read twice)
-     ├── Swapped        the board in the fixture is not the one being provisioned: touch nothing
-     └── Parked         the station stops: the board waits at a safe point, its journal open
+    ProvisioningError          reason, station, step, uid, retryable
+     ├── BoardStop             the board's sequence ends here: no retry
+     │    ├── Fatal            FAIL: retrying cannot help (a signature that does not verify)
+     │    ├── Quarantine       the board holds what it should not (a value read twice): a person decides
+     │    ├── Swapped          the board in the fixture is not the one being provisioned: touch nothing
+     │    └── Parked           the station stops: the board waits at a safe point, its journal open
+     ├── PortFailure           a port failed; the step retries it unless ``retryable`` says no
+     │    ├── ProbeFailure     the probe worker (``kind``: probe, transfer, timeout, not_detected, failed)
+     │    ├── UartFailure      the ISP UART
+     │    │    ├── SessionLost no valid answer, or SecureISP ended: only nRESET brings it back
+     │    │    └── Refused     the target refused a request (it keeps its session)
+     │    └── CloudFailure     the cloud (orchestrator/cloud.py maps the client's errors by type)
+     └── JournalFailure        a journal write failed: the station blocks before anything irreversible
 
-The ports raise their own: ProbeFailure (probe_worker.py), UartFailure and its SessionLost
-(uart.py), CloudError (cloudserver/client.py), nuwire's ProtocolError.
+The station (orchestrator/station.py) fills in ``station``, ``step`` and ``uid`` where an error
+passes a step, and retries by ``retryable`` alone, in one place (``StationRunner.step``). Outside
+the tree: nuwire's ProtocolError (a malformed image or record from the cloud: the board FAILs),
+and orchestrator/states.py's IllegalTransition (a bug: the station task restarts).
 """
 
 from __future__ import annotations
 
 
-class Fatal(Exception):
+class ProvisioningError(Exception):
+    """A board's sequence stopped; ``reason`` says why, the other fields where."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retryable: bool | None = None,
+        station: str | None = None,
+        step: int | None = None,
+        uid: str | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason, self.station, self.step, self.uid = reason, station, step, uid
+        if retryable is not None:
+            self.retryable = retryable
+
+    def at(self, station: str, step: int, uid: str) -> ProvisioningError:
+        """Where it happened, filled in once (the innermost step that saw it)."""
+        if self.station is None:
+            self.station, self.step, self.uid = station, step, uid
+        return self
+
+
+class BoardStop(ProvisioningError):
+    """The board's sequence ends here, whatever a retry would do."""
+
+
+class Fatal(BoardStop):
     """The board fails here; retrying cannot help (quota, signature mismatch)."""
 
 
-class Quarantine(Exception):
+class Quarantine(BoardStop):
     """The board holds something it should not (a foreign OTP value): a person decides."""
 
 
-class Swapped(Exception):
+class Swapped(BoardStop):
     """The board in the fixture is not the one being provisioned: stop, touch nothing."""
 
 
-class Parked(Exception):
+class Parked(BoardStop):
     """The station stops (SIGTERM, SIGINT, a reload that removes it): the board waits at a safe
     point with its journal open; the next start of the station resumes it."""
+
+
+class PortFailure(ProvisioningError):
+    """A port (probe, UART, cloud) failed; retryable unless it says otherwise."""
+
+    retryable = True
+
+
+class ProbeFailure(PortFailure):
+    """The probe worker's answer: ``kind`` is probe, transfer, timeout (retryable), not_detected
+    (the debug port answers nothing: maybe locked) or failed."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}", retryable=kind in ("probe", "transfer", "timeout"))
+        self.kind = kind
+
+
+class UartFailure(PortFailure):
+    """The ISP UART failed (it does not open, a request was refused or went unanswered)."""
+
+
+class SessionLost(UartFailure):
+    """The target gave no valid answer, or ended SecureISP: only a reset brings it back."""
+
+
+class Refused(UartFailure):
+    """The target answered a request with a refusal (it keeps its session)."""
+
+
+class CloudFailure(PortFailure):
+    """The cloud did not do what was asked: ``status`` is its HTTP refusal (404, 409, ...), or
+    None when it did not answer (a timeout, a TLS handshake refused, a 5xx)."""
+
+    def __init__(self, reason: str, *, retryable: bool, status: int | None = None) -> None:
+        super().__init__(reason, retryable=retryable)
+        self.status = status
+
+
+class JournalFailure(ProvisioningError):
+    """A journal write failed (disk full, I/O error). The write is not on disk, so nothing
+    irreversible may follow it: the station blocks until a write succeeds again (``Journal.check``)."""

@@ -20,7 +20,8 @@ from nuwire.profiles import profile
 from nuwire.secureisp import messages as m
 from nuwire.secureisp.session import HostSession
 from nuwire.secureisp.states import Role
-from orchestrator.uart import UartFailure, UartLink
+from orchestrator.errors import UartFailure
+from orchestrator.uart import UartLink
 
 
 async def isp_info(  # noqa: PLR0917  # the command line's six options

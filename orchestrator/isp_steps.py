@@ -35,9 +35,9 @@ from nuwire.profiles import TargetProfile
 from nuwire.secureisp import messages as m
 from nuwire.secureisp.session import HostSession
 from nuwire.secureisp.states import Role
-from orchestrator.errors import Fatal, Quarantine, Swapped
+from orchestrator.errors import Fatal, Quarantine, Refused, SessionLost, Swapped, UartFailure
 from orchestrator.journal import Board, Journal
-from orchestrator.uart import Refused, SessionLost, UartFailure, UartLink
+from orchestrator.uart import UartLink
 
 T = TypeVar("T")
 StepRunner = Callable[[Board, int, Callable[[], Awaitable[Any]]], Awaitable[Any]]

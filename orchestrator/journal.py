@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import JournalFailure
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS boards (
     uid TEXT PRIMARY KEY, obj_id TEXT, station TEXT, job_id TEXT,
@@ -53,11 +55,6 @@ class Board:
 
 class JournalBusy(OSError):
     """Another daemon holds the journal: two daemons on one journal fight over the same boards."""
-
-
-class JournalFailure(OSError):
-    """A journal write failed (disk full, I/O error). The write is not on disk, so nothing
-    irreversible may follow it: the station blocks until a write succeeds again (``Journal.check``)."""
 
 
 class Journal:

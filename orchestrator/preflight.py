@@ -12,12 +12,13 @@ from typing import Any
 
 import anyio
 
-from cloudserver.client import CloudClient, CloudError, CloudRefused
+from orchestrator.cloud import LineCloud
+from orchestrator.errors import CloudFailure
 
 
 class JobCheck:
-    def __init__(self, cloud: CloudClient, job_id: str, *, timeout_s: float, ttl_s: float = 5.0) -> None:
-        self.cloud, self.job_id, self.timeout_s, self.ttl_s = cloud, job_id, timeout_s, ttl_s
+    def __init__(self, cloud: LineCloud, job_id: str, *, ttl_s: float = 5.0) -> None:
+        self.cloud, self.job_id, self.ttl_s = cloud, job_id, ttl_s
         self._lock = anyio.Lock()
         self._asked_at = -float("inf")
         self._job: dict[str, Any] | None = None
@@ -49,13 +50,11 @@ class JobCheck:
 
     async def _ask(self) -> tuple[dict[str, Any] | None, str | None]:
         try:
-            with anyio.fail_after(self.timeout_s):
-                return await self.cloud.job(self.job_id), None
-        except CloudRefused as refused:
-            if refused.status == 404:
+            return await self.cloud.job(self.job_id), None
+        except CloudFailure as failure:
+            if failure.status == 404:
                 return None, f"job {self.job_id} does not exist on the cloud"
-            return None, f"the cloud refuses the job check: {refused}"
-        except CloudError as error:  # no answer, a TLS handshake refused (CA, certificate), a 5xx
-            return None, f"the cloud does not answer: {error}"[:300]
-        except TimeoutError:
-            return None, f"the cloud does not answer within {self.timeout_s} s"
+            if failure.status is not None:
+                return None, f"the cloud refuses the job check: {failure}"
+            # no answer in time, a TLS handshake refused (CA, certificate), a 5xx
+            return None, f"the cloud does not answer: {failure}"[:300]

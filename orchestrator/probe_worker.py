@@ -22,17 +22,7 @@ from typing import Any, TypeVar
 import anyio
 
 from nuwire.profiles import FmcCommand, TargetProfile, profile
-
-
-class ProbeFailure(Exception):
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(f"{kind}: {message}")
-        self.kind = kind
-
-    @property
-    def retryable(self) -> bool:
-        return self.kind in ("probe", "transfer", "timeout")
-
+from orchestrator.errors import ProbeFailure
 
 CHUNK = 64
 """Bytes of memory read in one go: a fault repeats a short read, not the whole image."""

@@ -21,22 +21,33 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric import ec
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from cloudserver.client import CloudClient, CloudError, CloudUnavailable
 from nuwire import mcuboot
 from nuwire.errors import ProtocolError
 from nuwire.ids import RECORD_SIZE, decode_obj_id_record, encode_obj_id_record, format_uid, parse_obj_id
 from nuwire.keys import public_key_from_raw
 from nuwire.profiles import TargetProfile
+from orchestrator.cloud import LineCloud
 from orchestrator.config import LineConfig, Station
-from orchestrator.errors import Fatal, Parked, Quarantine, Swapped
+from orchestrator.errors import (
+    CloudFailure,
+    Fatal,
+    JournalFailure,
+    Parked,
+    PortFailure,
+    ProbeFailure,
+    ProvisioningError,
+    Quarantine,
+    Swapped,
+    UartFailure,
+)
 from orchestrator.isp_steps import HostKeys, IspSteps
-from orchestrator.journal import FINAL, Board, Journal, JournalFailure
+from orchestrator.journal import FINAL, Board, Journal
 from orchestrator.metrics import Metrics
 from orchestrator.preflight import JobCheck
-from orchestrator.probe_worker import ProbeFailure, ProbeWorker
+from orchestrator.probe_worker import ProbeWorker
 from orchestrator.states import Event, State, StationMachine
 from orchestrator.steps import BY_NUMBER, StepClass
-from orchestrator.uart import UartFailure, UartLink
+from orchestrator.uart import UartLink
 
 T = TypeVar("T")
 ERASED = 0xFFFFFFFF
@@ -47,11 +58,8 @@ OUTCOME_EVENT = {"PASS": Event.PASSED, "FAIL": Event.FAILED, "QUARANTINE": Event
 
 
 def retryable(error: BaseException) -> bool:
-    if isinstance(error, ProbeFailure):
-        return error.retryable
-    if isinstance(error, CloudError | UartFailure | TimeoutError):
-        return getattr(error, "retryable", True)
-    return False
+    """The one retry rule (orchestrator/errors.py): an error of the tree says so itself."""
+    return error.retryable if isinstance(error, ProvisioningError) else isinstance(error, TimeoutError)
 
 
 @dataclass
@@ -65,16 +73,7 @@ class StationStatus:
     counts: dict[str, int] = field(default_factory=lambda: {"PASS": 0, "FAIL": 0, "QUARANTINE": 0})
 
 
-async def _within(seconds: float, action: Callable[[], Awaitable[T]]) -> T:
-    """A cloud step's attempt, given up after ``seconds`` as an outage (retryable, shown)."""
-    try:
-        with anyio.fail_after(seconds):
-            return await action()
-    except TimeoutError:
-        raise CloudUnavailable(f"the cloud gave no answer within {seconds} s") from None
-
-
-async def send_result(journal: Journal, cloud: CloudClient, board: Board, log: Any) -> bool:
+async def send_result(journal: Journal, cloud: LineCloud, board: Board, log: Any) -> bool:
     """Report a finished board to the cloud; the journal keeps it unreported until the cloud takes
     it (the daemon sends what is left later: Line.send_pending). The cloud takes a repeat once."""
     try:
@@ -86,7 +85,7 @@ async def send_result(journal: Journal, cloud: CloudClient, board: Board, log: A
             step=board.failed_step or 13,
             reason=board.reason or "",
         )
-    except CloudError as error:
+    except CloudFailure as error:
         log.warning("board.report_failed", uid=board.uid, error=str(error), kept="in the journal, sent later")
         return False
     try:
@@ -105,14 +104,14 @@ class StationRunner:
         profile: TargetProfile,
         *,
         journal: Journal,
-        cloud: CloudClient,
+        cloud: LineCloud,
         station_key: ec.EllipticCurvePrivateKey,
         metrics: Metrics | None = None,
         job_check: JobCheck | None = None,
     ) -> None:
         self.line, self.station, self.profile = line, station, profile
         self.journal, self.cloud, self.station_key = journal, cloud, station_key
-        self.job_check = job_check or JobCheck(cloud, line.job_id, timeout_s=line.defaults.cloud.timeout_s)
+        self.job_check = job_check or JobCheck(cloud, line.job_id)
         self.metrics = metrics or Metrics()
         self.probe = ProbeWorker(
             station.probe, profile.name, on_restart=self.metrics.probe_restarts.labels(station.name).inc
@@ -231,11 +230,10 @@ class StationRunner:
                 self.log.info("step.start", **fields)
                 self.journal.event(board.uid, self.station.name, number, "intent", attempt=n)
                 try:
-                    if step.kind is StepClass.CLOUD:  # the attempt's deadline (the daemon's one layer)
-                        result = await _within(klass.timeout_s, action)
-                    else:
-                        result = await action()
+                    result = await action()  # each port call has its deadline (cloud.py, probe_worker.py)
                 except Exception as error:
+                    if isinstance(error, ProvisioningError):
+                        error.at(self.station.name, number, board.uid)
                     ms = round((time.monotonic() - started) * 1000)
                     self.metrics.errors.labels(*labels).inc()
                     self.status.last_error = str(error)[:200]
@@ -468,7 +466,7 @@ class StationRunner:
             return
         except Quarantine as quarantine:
             board.outcome, board.reason = "QUARANTINE", str(quarantine)
-        except (Fatal, CloudError, ProbeFailure, UartFailure, ProtocolError) as error:
+        except (Fatal, PortFailure, ProtocolError) as error:
             board.outcome, board.reason = "FAIL", str(error)[:300]
         if board.outcome != "PASS":
             board.failed_step = self.status.step

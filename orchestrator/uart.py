@@ -23,20 +23,9 @@ from nuwire.secureisp.messages import Reply, Request
 from nuwire.secureisp.packet import PacketAssembler
 from nuwire.secureisp.session import HostSession
 from nuwire.secureisp.states import Phase
+from orchestrator.errors import SessionLost
 
 RESYNC_ATTEMPTS = 5
-
-
-class UartFailure(Exception):
-    retryable = True
-
-
-class SessionLost(UartFailure):
-    """The target gave no valid answer, or ended SecureISP: only a reset brings it back."""
-
-
-class Refused(UartFailure):
-    """The target answered a request with a refusal (it keeps its session)."""
 
 
 class UartLink:

@@ -10,7 +10,8 @@ import anyio
 import pytest
 
 from nuwire.profiles import M2354
-from orchestrator.probe_worker import ProbeFailure, ProbeWorker
+from orchestrator.errors import ProbeFailure
+from orchestrator.probe_worker import ProbeWorker
 from tests.boardsim.conftest import UID, Rig
 
 

@@ -1,9 +1,13 @@
-"""The station's state table: what it allows, what it refuses, and that a refusal changes nothing."""
+"""The station's state table and its error tree: what they allow, what they refuse, and that the
+drawings in the docs are the code's own."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from orchestrator import errors
 from orchestrator.states import (
     BETWEEN,
     PAUSABLE,
@@ -57,3 +61,33 @@ def test_only_a_station_with_a_board_can_swap_park_or_end_it_fresh() -> None:
         assert froms == {State.PROVISIONING}
     assert all((state, Event.FOUND) not in TRANSITIONS for state in State if state not in BETWEEN)
     assert all((state, Event.CRASHED) in TRANSITIONS for state in State)
+
+
+def _drawn(block: str) -> list[tuple[int, str]]:
+    """(depth, class name) of each line of a tree drawn as in orchestrator/errors.py."""
+    lines = block.strip("\n").splitlines()
+    return [((len(line) - len(line.lstrip(" │├└─"))) // 5, line.lstrip(" │├└─").split()[0]) for line in lines]
+
+
+def _walk(cls: type[Exception], depth: int = 0) -> list[tuple[int, str]]:
+    subclasses: list[type[Exception]] = cls.__subclasses__()
+    return [(depth, cls.__name__)] + [row for sub in subclasses for row in _walk(sub, depth + 1)]
+
+
+def test_the_error_tree_is_drawn_as_the_classes_are() -> None:
+    drawing = (errors.__doc__ or "").split("::\n\n", 1)[1].split("\n\n", 1)[0]
+    assert _drawn(drawing) == _walk(errors.ProvisioningError)
+    page = (Path(__file__).parents[2] / "docs" / "orchestrator.md").read_text()
+    shown = page.split("## Errors", 1)[1].split("```text\n", 1)[1].split("\n```", 1)[0]
+    assert shown == drawing
+
+
+def test_a_step_failure_says_where_it_happened() -> None:
+    failure = errors.ProbeFailure("transfer", "SWD WAIT")
+    assert failure.retryable
+    assert failure.kind == "transfer"
+    failure.at("station-01", 4, "53494D01").at("station-02", 5, "other")  # the innermost step wins
+    assert (failure.station, failure.step, failure.uid) == ("station-01", 4, "53494D01")
+    assert not errors.ProbeFailure("not_detected", "no ACK").retryable
+    assert errors.CloudFailure("404 not found", retryable=False, status=404).status == 404
+    assert not errors.Quarantine("OTP entry 3 holds 0x1").retryable

@@ -30,10 +30,12 @@ from cloudserver.settings import load as load_settings
 from cloudserver.settings import write_default
 from nuwire.keys import raw_public_key
 from nuwire.profiles import M2354
+from orchestrator.cloud import LineCloud
 from orchestrator.config import LineConfig, Retry, StepClass
-from orchestrator.daemon import Line, line_cloud
+from orchestrator.daemon import Line
+from orchestrator.errors import ProbeFailure
 from orchestrator.journal import Journal
-from orchestrator.probe_worker import ProbeFailure, _Target
+from orchestrator.probe_worker import _Target
 from orchestrator.station import StationRunner
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -172,9 +174,7 @@ async def _line(tmp_path: Path, scenario: Any) -> None:
             }
         )
         journal = Journal(tmp_path / "journal.db")
-        cloud = CloudClient(
-            url, client_context(pki / "station-01.crt", pki / "station-01.key", pki / "ca.crt")
-        )
+        cloud = LineCloud.for_line(config, lambda *_: None)  # the daemon's own
         from nuwire.pem import load_private_key  # noqa: PLC0415
 
         runner = StationRunner(
@@ -307,7 +307,7 @@ def test_a_cloud_outage_is_retried_by_one_layer_and_shows_on_the_tile(tmp_path: 
     ) -> None:
         runner.probe = FakeProbe(fixture)  # type: ignore[assignment]
         requests: list[tuple[str, int]] = []
-        runner.cloud = line_cloud(
+        runner.cloud = LineCloud.for_line(
             runner.line, lambda method, path, _, status: requests.append((path, status))
         )
         pki = Path(str(runner.line.cloud.ca)).parent

@@ -1,0 +1,75 @@
+"""The station's cloud port: the cloud client's calls a line makes, each attempt within its
+deadline, the client's errors mapped by type to :class:`CloudFailure` (orchestrator/errors.py).
+
+One retry layer: the client makes one request per call (``attempts=1``); the station's steps
+retry (``defaults.cloud.retry``), each attempt within ``defaults.cloud.timeout_s``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+import httpx
+
+from cloudserver.client import CloudClient, CloudError, CloudRefused, SignedKey, client_context
+from orchestrator.config import LineConfig
+from orchestrator.errors import CloudFailure
+
+T = TypeVar("T")
+
+
+class LineCloud:
+    def __init__(self, client: CloudClient, timeout_s: float) -> None:
+        self.client, self.timeout_s = client, timeout_s
+
+    def __repr__(self) -> str:
+        return f"<LineCloud {self.client!r} timeout={self.timeout_s}s>"
+
+    @classmethod
+    def for_line(cls, config: LineConfig, observe: Callable[[str, str, float, int], None]) -> LineCloud:
+        cloud, timeout = config.cloud, config.defaults.cloud.timeout_s
+        client = CloudClient(
+            cloud.url,
+            client_context(cloud.client_certificate, cloud.client_key, cloud.ca),
+            attempts=1,
+            timeout=httpx.Timeout(timeout),
+            observe=observe,
+        )
+        return cls(client, timeout)
+
+    async def _call(self, action: Awaitable[T]) -> T:
+        try:
+            with anyio.fail_after(self.timeout_s):
+                return await action
+        except TimeoutError:
+            late = f"the cloud gave no answer within {self.timeout_s} s"
+            raise CloudFailure(late, retryable=True) from None
+        except CloudRefused as refused:
+            raise CloudFailure(str(refused), retryable=refused.retryable, status=refused.status) from refused
+        except CloudError as error:  # no answer, a TLS handshake refused (CA, certificate), a 5xx
+            raise CloudFailure(str(error), retryable=error.retryable) from error
+
+    async def register(self, uid: str) -> str:
+        return await self._call(self.client.register(uid))
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return await self._call(self.client.job(job_id))
+
+    async def bootloader(self, job_id: str, uid: str, obj_id: str) -> SignedKey:
+        return await self._call(self.client.bootloader(job_id, uid, obj_id))
+
+    async def application_key(self, job_id: str, uid: str, obj_id: str) -> bytes:
+        return await self._call(self.client.application_key(job_id, uid, obj_id))
+
+    async def application(self, job_id: str, uid: str, obj_id: str) -> SignedKey:
+        return await self._call(self.client.application(job_id, uid, obj_id))
+
+    async def report(
+        self, job_id: str, uid: str, obj_id: str, *, outcome: str, step: int, reason: str = ""
+    ) -> None:
+        await self._call(self.client.report(job_id, uid, obj_id, outcome=outcome, step=step, reason=reason))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
