@@ -8,7 +8,7 @@ retry (``defaults.cloud.retry``), each attempt within ``defaults.cloud.timeout_s
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import httpx
@@ -20,7 +20,23 @@ from orchestrator.errors import CloudFailure
 T = TypeVar("T")
 
 
+class CloudPort(Protocol):
+    """What a station asks of the cloud; a failure is a CloudFailure (orchestrator/errors.py)."""
+
+    async def register(self, uid: str) -> str: ...
+    async def job(self, job_id: str) -> dict[str, Any]: ...
+    async def bootloader(self, job_id: str, uid: str, obj_id: str) -> SignedKey: ...
+    async def application_key(self, job_id: str, uid: str, obj_id: str) -> bytes: ...
+    async def application(self, job_id: str, uid: str, obj_id: str) -> SignedKey: ...
+    async def report(
+        self, job_id: str, uid: str, obj_id: str, *, outcome: str, step: int, reason: str = ""
+    ) -> None: ...
+    async def aclose(self) -> None: ...
+
+
 class LineCloud:
+    """The CloudPort of a line: the cloud client over mutual TLS."""
+
     def __init__(self, client: CloudClient, timeout_s: float) -> None:
         self.client, self.timeout_s = client, timeout_s
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import anyio
 
-from orchestrator.cloud import LineCloud
+from orchestrator.cloud import CloudPort
 from orchestrator.errors import CloudFailure
 
 
 class JobCheck:
-    def __init__(self, cloud: LineCloud, job_id: str, *, ttl_s: float = 5.0) -> None:
+    def __init__(self, cloud: CloudPort, job_id: str, *, ttl_s: float = 5.0) -> None:
         self.cloud, self.job_id, self.ttl_s = cloud, job_id, ttl_s
         self._lock = anyio.Lock()
         self._asked_at = -float("inf")

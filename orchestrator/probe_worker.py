@@ -17,7 +17,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
@@ -329,7 +329,64 @@ def serve(  # the worker's one dispatch loop, kept in one place
             connection.send(("error", "failed", f"{type(error).__name__}: {error}"))
 
 
-class ProbeWorker:
+class ProbePort(Protocol):
+    """The station's probe, one method per operation (the worker's ``_Target`` carries them out).
+    Each call has a hard deadline; a failure is a ProbeFailure (orchestrator/errors.py)."""
+
+    async def uid(self) -> list[int]: ...
+    async def read_words(self, address: int, count: int) -> list[int]: ...
+    async def read_otp(self, entries: list[int]) -> list[tuple[int, int]]: ...
+    async def program_words(self, address: int, words: list[int]) -> None: ...
+    async def read_memory(self, address: int, length: int) -> bytes: ...
+    async def flash(self, address: int, data: bytes) -> None: ...
+    async def reset(self) -> None: ...
+    async def hardware_reset(self) -> None:
+        """nRESET through the probe alone: answered also when the debug port is locked."""
+
+    async def aclose(self) -> None: ...
+
+
+class ProbeOperations:
+    """ProbePort's methods as calls of one ``call(operation, *args)`` (the worker's pipe, or a
+    test's fake), each within ``limit_s``; ``on_progress(0..1)`` hears how a flash goes."""
+
+    limit_s: float = 60.0
+    on_progress: Callable[[float], None] | None = None
+
+    async def call(
+        self, operation: str, *args: Any, limit_s: float, on_progress: Callable[[float], None] | None = None
+    ) -> Any:
+        raise NotImplementedError
+
+    async def _run(self, operation: str, *args: Any) -> Any:
+        return await self.call(operation, *args, limit_s=self.limit_s, on_progress=self.on_progress)
+
+    async def uid(self) -> list[int]:
+        return list(await self._run("uid"))
+
+    async def read_words(self, address: int, count: int) -> list[int]:
+        return list(await self._run("read_words", address, count))
+
+    async def read_otp(self, entries: list[int]) -> list[tuple[int, int]]:
+        return [(int(low), int(high)) for low, high in await self._run("read_otp", entries)]
+
+    async def program_words(self, address: int, words: list[int]) -> None:
+        await self._run("program_words", address, words)
+
+    async def read_memory(self, address: int, length: int) -> bytes:
+        return bytes(await self._run("read_memory", address, length))
+
+    async def flash(self, address: int, data: bytes) -> None:
+        await self._run("flash", address, data)
+
+    async def reset(self) -> None:
+        await self._run("reset")
+
+    async def hardware_reset(self) -> None:
+        await self._run("hardware_reset")
+
+
+class ProbeWorker(ProbeOperations):
     """The daemon's handle on one probe's worker process."""
 
     def __init__(
@@ -339,7 +396,10 @@ class ProbeWorker:
         *,
         frequency: int = 4_000_000,
         on_restart: Callable[[], None] | None = None,
+        limit_s: float = 60.0,
+        on_progress: Callable[[float], None] | None = None,
     ) -> None:
+        self.limit_s, self.on_progress = limit_s, on_progress
         self.unique_id = unique_id
         self.profile_name = profile_name
         self.frequency = frequency

@@ -26,7 +26,7 @@ from nuwire.errors import ProtocolError
 from nuwire.ids import RECORD_SIZE, decode_obj_id_record, encode_obj_id_record, format_uid, parse_obj_id
 from nuwire.keys import public_key_from_raw
 from nuwire.profiles import TargetProfile
-from orchestrator.cloud import LineCloud
+from orchestrator.cloud import CloudPort
 from orchestrator.config import LineConfig, Station
 from orchestrator.errors import (
     CloudFailure,
@@ -44,7 +44,7 @@ from orchestrator.isp_steps import HostKeys, IspSteps
 from orchestrator.journal import FINAL, Board, Journal
 from orchestrator.metrics import Metrics
 from orchestrator.preflight import JobCheck
-from orchestrator.probe_worker import ProbeWorker
+from orchestrator.probe_worker import ProbePort, ProbeWorker
 from orchestrator.states import Event, State, StationMachine
 from orchestrator.steps import BY_NUMBER, StepClass
 from orchestrator.uart import UartLink
@@ -73,7 +73,7 @@ class StationStatus:
     counts: dict[str, int] = field(default_factory=lambda: {"PASS": 0, "FAIL": 0, "QUARANTINE": 0})
 
 
-async def send_result(journal: Journal, cloud: LineCloud, board: Board, log: Any) -> bool:
+async def send_result(journal: Journal, cloud: CloudPort, board: Board, log: Any) -> bool:
     """Report a finished board to the cloud; the journal keeps it unreported until the cloud takes
     it (the daemon sends what is left later: Line.send_pending). The cloud takes a repeat once."""
     try:
@@ -104,17 +104,22 @@ class StationRunner:
         profile: TargetProfile,
         *,
         journal: Journal,
-        cloud: LineCloud,
+        cloud: CloudPort,
         station_key: ec.EllipticCurvePrivateKey,
         metrics: Metrics | None = None,
         job_check: JobCheck | None = None,
+        probe: ProbePort | None = None,
     ) -> None:
         self.line, self.station, self.profile = line, station, profile
         self.journal, self.cloud, self.station_key = journal, cloud, station_key
         self.job_check = job_check or JobCheck(cloud, line.job_id)
         self.metrics = metrics or Metrics()
-        self.probe = ProbeWorker(
-            station.probe, profile.name, on_restart=self.metrics.probe_restarts.labels(station.name).inc
+        self.probe: ProbePort = probe or ProbeWorker(
+            station.probe,
+            profile.name,
+            on_restart=self.metrics.probe_restarts.labels(station.name).inc,
+            limit_s=line.defaults.debug.timeout_s,
+            on_progress=self._progress,
         )
         self.status = StationStatus()
         self.machine = StationMachine()
@@ -256,14 +261,9 @@ class StationRunner:
                 self.journal.event(board.uid, self.station.name, number, "result", attempt=n, outcome="ok")
         return result
 
-    async def debug(self, operation: str, *args: Any) -> Any:
-        return await self.probe.call(
-            operation, *args, limit_s=self.line.defaults.debug.timeout_s, on_progress=self._progress
-        )
-
     async def _hardware_reset(self) -> None:
         """nRESET through the probe: brings Nuvoton's SecureISP back, also on a locked part."""
-        await self.debug("hardware_reset")
+        await self.probe.hardware_reset()
 
     def _progress(self, done: float) -> None:
         self.status.progress = done
@@ -304,7 +304,7 @@ class StationRunner:
         except (OSError, ValueError) as error:  # pyserial's SerialException is an OSError
             return f"UART {self.station.uart} does not open: {error}"
         try:
-            await self.debug("uid")
+            await self.probe.uid()
         except ProbeFailure as failure:
             if failure.kind == "probe":
                 return f"probe {self.station.probe}: {failure}"
@@ -324,7 +324,7 @@ class StationRunner:
         SecureISP that ended on a late or damaged exchange answers nothing until the chip resets."""
         for _ in range(LOCK_READS):
             try:
-                await self.debug("uid")
+                await self.probe.uid()
             except ProbeFailure as failure:
                 if failure.kind == "not_detected":
                     continue
@@ -497,8 +497,8 @@ class StationRunner:
     async def _read_uid(self) -> str:
         """The board's UID over SWD, read twice and the same both times (a UID of all zeros or all
         ones is no UID): a flaky read never names a board."""
-        first = format_uid(tuple(await self.debug("uid")))
-        second = format_uid(tuple(await self.debug("uid")))
+        first = format_uid(await self.probe.uid())
+        second = format_uid(await self.probe.uid())
         if first != second or len(set(first)) == 1:
             raise ProbeFailure("transfer", f"UID reads disagree or are blank: {first}, {second}")
         return first
@@ -513,7 +513,7 @@ class StationRunner:
 
         async def identity() -> None:
             await self._check_uid(board)
-            words = await self.debug("read_words", p.objid_record, RECORD_SIZE // 4)
+            words = await self.probe.read_words(p.objid_record, RECORD_SIZE // 4)
             raw = b"".join(int(w).to_bytes(4, "little") for w in words)
             obj_id = await self.cloud.register(board.uid)
             record = encode_obj_id_record(parse_obj_id(obj_id))
@@ -529,8 +529,8 @@ class StationRunner:
                     ) from None
                 on_board = None
             if on_board is None:
-                await self.debug("program_words", p.objid_record, wanted)
-                words = await self.debug("read_words", p.objid_record, RECORD_SIZE // 4)
+                await self.probe.program_words(p.objid_record, wanted)
+                words = await self.probe.read_words(p.objid_record, RECORD_SIZE // 4)
                 if decode_obj_id_record(
                     b"".join(int(w).to_bytes(4, "little") for w in words)
                 ) != parse_obj_id(obj_id):
@@ -562,10 +562,10 @@ class StationRunner:
         async def program() -> None:
             base = p.bootloader_slot.base
             self.status.progress = 0.0
-            if await self.debug("read_memory", base, len(signed.image)) != signed.image:
-                await self.debug("flash", base, signed.image)
+            if await self.probe.read_memory(base, len(signed.image)) != signed.image:
+                await self.probe.flash(base, signed.image)
             self.status.progress = 1.0
-            if await self.debug("read_memory", base, len(signed.image)) != signed.image:
+            if await self.probe.read_memory(base, len(signed.image)) != signed.image:
                 raise ProbeFailure("failed", "the bootloader did not read back")
 
         await self.step(board, 4, program)
@@ -580,7 +580,7 @@ class StationRunner:
 
         async def reset() -> None:
             try:
-                await self.debug("reset")
+                await self.probe.reset()
             except ProbeFailure as failure:
                 if failure.kind != "not_detected" or not await self._verify_lock(board):
                     raise ProbeFailure("probe", f"reset not answered, and no lock seen ({failure})") from None
@@ -592,7 +592,7 @@ class StationRunner:
                 return
             try:
                 await self._check_uid(board)
-                config0 = (await self.debug("read_words", p.debug_lock.config_address, 1))[0]
+                config0 = (await self.probe.read_words(p.debug_lock.config_address, 1))[0]
             except ProbeFailure as failure:
                 if failure.kind != "not_detected" or not await self._verify_lock(board):
                     if self.journal.seen(board.uid, "lock-config"):
@@ -603,10 +603,10 @@ class StationRunner:
                 await self._ports_ready()
                 self.journal.event(board.uid, self.station.name, 6, "lock-intent")
                 with anyio.CancelScope(shield=True):  # never stopped between the program and its read-back
-                    await self.debug(
-                        "program_words", p.debug_lock.config_address, [config0 & ~p.debug_lock.mask]
+                    await self.probe.program_words(
+                        p.debug_lock.config_address, [config0 & ~p.debug_lock.mask]
                     )
-                    config0 = (await self.debug("read_words", p.debug_lock.config_address, 1))[0]
+                    config0 = (await self.probe.read_words(p.debug_lock.config_address, 1))[0]
                 if not p.debug_lock.is_locked(config0):
                     raise ProbeFailure(
                         "transfer", f"CONFIG0 reads 0x{config0:08X} after programming the lock"
@@ -614,7 +614,7 @@ class StationRunner:
             self.journal.event(
                 board.uid, self.station.name, 6, "lock-config", outputs={"config0": f"0x{config0:08X}"}
             )
-            await self.debug("hardware_reset")  # the lock takes effect at reset
+            await self.probe.hardware_reset()  # the lock takes effect at reset
             if not await self._verify_lock(board):
                 raise ProbeFailure(
                     "probe",
@@ -635,7 +635,7 @@ class StationRunner:
         return True
 
     async def _burn_entries(self, board: Board, number: int, wanted: dict[int, tuple[int, int]]) -> None:
-        found = await self.debug("read_otp", list(wanted))
+        found = await self.probe.read_otp(list(wanted))
         plan = []
         for (entry, value), now in zip(wanted.items(), found, strict=True):
             for offset, (want, have) in enumerate(zip(value, now, strict=True)):
@@ -653,8 +653,8 @@ class StationRunner:
         )
         with anyio.CancelScope(shield=True):  # a stop never lands between an OTP write and its read-back
             for address, word in plan:
-                await self.debug("program_words", address, [word])
-            after = await self.debug("read_otp", list(wanted))
+                await self.probe.program_words(address, [word])
+            after = await self.probe.read_otp(list(wanted))
         if [tuple(v) for v in after] != list(wanted.values()):
             raise Quarantine(f"OTP entries {list(wanted)} did not read back as written")
         self.journal.event(board.uid, self.station.name, number, "otp-result", outcome="written")

@@ -35,7 +35,7 @@ from orchestrator.config import LineConfig, Retry, StepClass
 from orchestrator.daemon import Line
 from orchestrator.errors import ProbeFailure
 from orchestrator.journal import Journal
-from orchestrator.probe_worker import _Target
+from orchestrator.probe_worker import ProbeOperations, _Target
 from orchestrator.station import StationRunner
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -84,7 +84,7 @@ class BoardTarget:
         self._board().reset("debugger reset")
 
 
-class FakeProbe:
+class FakeProbe(ProbeOperations):
     """The ProbeWorker interface, carried out on the board model instead of through pyOCD."""
 
     def __init__(self, fixture: Fixture, on_call: Any = None) -> None:
@@ -204,12 +204,12 @@ def test_swapped_between_steps_2_and_3(tmp_path: Path) -> None:
             if operation == "uid" and runner.status.step == 3 and fixture.board is old:
                 fixture.board = new
 
-        runner.probe = FakeProbe(fixture, swap)  # type: ignore[assignment]
+        runner.probe = FakeProbe(fixture, swap)
         await runner.provision(old.uid_text, "debug")
         assert _untouched(new)  # never written with the old board's keys
         assert not any(old.otp_program_counts)
         assert journal.board(old.uid_text).outcome is None  # type: ignore[union-attr]  # not finished: stopped
-        runner.probe = FakeProbe(fixture)  # type: ignore[assignment]
+        runner.probe = FakeProbe(fixture)
         fixture.board = old  # put back
         await runner.provision(old.uid_text, "debug")
         assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
@@ -224,7 +224,7 @@ def test_swapped_between_steps_7_and_8(tmp_path: Path) -> None:
     async def scenario(
         runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
     ) -> None:
-        runner.probe = FakeProbe(fixture)  # type: ignore[assignment]
+        runner.probe = FakeProbe(fixture)
         original = runner.cloud.application_key
 
         async def then_swap(*args: Any) -> bytes:
@@ -267,7 +267,7 @@ def test_probe_unplugged_mid_flash_is_retried_and_passes(tmp_path: Path) -> None
             return await flash(operation, *args, limit_s=limit_s)
 
         probe.call = call  # type: ignore[method-assign]
-        runner.probe = probe  # type: ignore[assignment]
+        runner.probe = probe
         await runner.provision(old.uid_text, "debug")
         assert unplugged
         assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
@@ -284,7 +284,7 @@ def test_cloud_answering_503_for_ten_seconds_is_retried_and_passes(tmp_path: Pat
     async def scenario(
         runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
     ) -> None:
-        runner.probe = FakeProbe(fixture)  # type: ignore[assignment]
+        runner.probe = FakeProbe(fixture)
         pki = Path(str(runner.line.cloud.ca)).parent
         async with CloudClient(
             runner.line.cloud.url, client_context(pki / "admin.crt", pki / "admin.key", pki / "ca.crt")
@@ -305,7 +305,7 @@ def test_a_cloud_outage_is_retried_by_one_layer_and_shows_on_the_tile(tmp_path: 
     async def scenario(
         runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
     ) -> None:
-        runner.probe = FakeProbe(fixture)  # type: ignore[assignment]
+        runner.probe = FakeProbe(fixture)
         requests: list[tuple[str, int]] = []
         runner.cloud = LineCloud.for_line(
             runner.line, lambda method, path, _, status: requests.append((path, status))
@@ -338,7 +338,7 @@ def test_a_result_the_cloud_missed_is_kept_and_sent_later(tmp_path: Path) -> Non
     async def scenario(
         runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
     ) -> None:
-        runner.probe = FakeProbe(fixture)  # type: ignore[assignment]
+        runner.probe = FakeProbe(fixture)
         await runner.provision(old.uid_text, "debug")
         board = journal.board(old.uid_text)
         assert board is not None
@@ -390,7 +390,7 @@ def test_a_full_journal_blocks_the_station_before_the_otp_write(tmp_path: Path) 
             if operation == "read_otp" and runner.status.step == 3 and journal.failure is None:
                 _fill(journal)
 
-        runner.probe = FakeProbe(fixture, fill_at_step_3)  # type: ignore[assignment]
+        runner.probe = FakeProbe(fixture, fill_at_step_3)
         await runner.provision(old.uid_text, "debug")
         assert runner.status.state == "blocked"
         assert "disk is full" in runner.status.last_error
@@ -399,7 +399,7 @@ def test_a_full_journal_blocks_the_station_before_the_otp_write(tmp_path: Path) 
         assert "disk is full" in (await runner.preflight() or "")  # it starts nothing until then
         journal._db.execute("PRAGMA max_page_count = 1000000")  # space again
         assert await runner.preflight() is None
-        runner.probe = FakeProbe(fixture)  # type: ignore[assignment]
+        runner.probe = FakeProbe(fixture)
         await runner.provision(old.uid_text, "debug")
         assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
         assert old.otp_program_counts[:24] == [1] * 24
