@@ -35,7 +35,8 @@ from nuwire.profiles import TargetProfile
 from nuwire.secureisp import messages as m
 from nuwire.secureisp.session import HostSession
 from nuwire.secureisp.states import Role
-from orchestrator.errors import Fatal, Quarantine, Refused, SessionLost, Swapped, UartFailure
+from orchestrator import otp
+from orchestrator.errors import Fatal, Refused, SessionLost, Swapped, UartFailure
 from orchestrator.journal import Board, Journal
 from orchestrator.uart import UartLink
 
@@ -150,23 +151,23 @@ class IspSteps:
         return m.OtpValue.from_reply(_ok(await link.send(rom, m.ReadOtp(entry)), "READ_OTP"), entry)
 
     async def burn_app_hash(self, link: UartLink, rom: HostSession, board: Board, app_key: bytes) -> None:
+        """Step 8's OTP entries over SecureISP, as orchestrator/otp.py plans them, one at a time."""
         await self._check_uid(link, rom, board)
-        for entry, want in self.profile.app_key_hash_entries(app_key).items():
-            have = await self.read_otp(link, rom, entry)
-            if (have.low, have.high) == want:
-                continue
-            if any(h not in (w, 0xFFFFFFFF) for h, w in zip((have.low, have.high), want, strict=True)):
-                again = await self.read_otp(link, rom, entry)  # evidence: the same value read twice
-                if (again.low, again.high) == (have.low, have.high):
-                    raise Quarantine(f"OTP entry {entry} holds (0x{have.low:08X}, 0x{have.high:08X})")
-                raise UartFailure(f"OTP entry {entry} read two different values")
+
+        async def read(entries: list[int]) -> dict[int, tuple[int, int]]:
+            values = {}
+            for entry in entries:
+                value = await self.read_otp(link, rom, entry)
+                values[entry] = (value.low, value.high)
+            return values
+
+        wanted = self.profile.app_key_hash_entries(app_key)
+        for entry in await otp.plan(wanted, read, UartFailure):
+            one = {entry: wanted[entry]}
             self.journal.event(board.uid, self.station, 8, "otp-intent", outputs={"entry": entry})
             with anyio.CancelScope(shield=True):  # never stopped between the write and its read-back
-                reply = await link.send(rom, m.WriteOtp(*(entry, *want)))
-                back = await self.read_otp(link, rom, entry)
-            if (back.low, back.high) != want:
-                status = reply.status if reply is not None else "none"
-                raise Quarantine(f"OTP entry {entry} did not read back after WRITE_OTP ({status!r})")
+                await link.send(rom, m.WriteOtp(entry, *wanted[entry]))
+                await otp.confirm(one, read, UartFailure)
             self.journal.event(
                 board.uid, self.station, 8, "otp-result", outcome="written", outputs={"entry": entry}
             )

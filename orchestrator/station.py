@@ -26,6 +26,7 @@ from nuwire.errors import ProtocolError
 from nuwire.ids import RECORD_SIZE, decode_obj_id_record, encode_obj_id_record, format_uid, parse_obj_id
 from nuwire.keys import public_key_from_raw
 from nuwire.profiles import TargetProfile
+from orchestrator import otp
 from orchestrator.cloud import CloudPort
 from orchestrator.config import LineConfig, Station
 from orchestrator.errors import (
@@ -635,28 +636,30 @@ class StationRunner:
         return True
 
     async def _burn_entries(self, board: Board, number: int, wanted: dict[int, tuple[int, int]]) -> None:
-        found = await self.probe.read_otp(list(wanted))
-        plan = []
-        for (entry, value), now in zip(wanted.items(), found, strict=True):
-            for offset, (want, have) in enumerate(zip(value, now, strict=True)):
-                if have == want:
-                    continue
-                if have != ERASED:
-                    raise Quarantine(
-                        f"OTP entry {entry} word {offset} holds 0x{have:08X}, expected 0x{want:08X}"
-                    )
-                plan.append((self.profile.otp.entry_address(entry) + 4 * offset, want))
-        if not plan:
+        """Step 3's OTP words over SWD, as orchestrator/otp.py plans them."""
+
+        async def read(entries: list[int]) -> dict[int, tuple[int, int]]:
+            return dict(zip(entries, await self.probe.read_otp(entries), strict=True))
+
+        def doubt(reason: str) -> ProbeFailure:
+            return ProbeFailure("transfer", reason)
+
+        todo = await otp.plan(wanted, read, doubt)
+        writes = [
+            (self.profile.otp.entry_address(entry) + 4 * offset, want)
+            for entry, now in todo.items()
+            for offset, (want, have) in enumerate(zip(wanted[entry], now, strict=True))
+            if have != want
+        ]
+        if not writes:
             return
         self.journal.event(
-            board.uid, self.station.name, number, "otp-intent", outputs={"words": [a for a, _ in plan]}
+            board.uid, self.station.name, number, "otp-intent", outputs={"words": [a for a, _ in writes]}
         )
         with anyio.CancelScope(shield=True):  # a stop never lands between an OTP write and its read-back
-            for address, word in plan:
+            for address, word in writes:
                 await self.probe.program_words(address, [word])
-            after = await self.probe.read_otp(list(wanted))
-        if [tuple(v) for v in after] != list(wanted.values()):
-            raise Quarantine(f"OTP entries {list(wanted)} did not read back as written")
+            await otp.confirm(wanted, read, doubt)
         self.journal.event(board.uid, self.station.name, number, "otp-result", outcome="written")
 
     async def uart_steps(self, board: Board) -> None:
