@@ -106,11 +106,11 @@ class SimulatedLine:
 
 @contextmanager
 def simulated_line(
-    workdir: Path, *, stations: int, boards: int, baud: int, app_size: int, quantity: int
+    workdir: Path, *, stations: int, boards: int, baud: int, app_size: int, quantity: int, kind: str = "blank"
 ) -> Iterator[SimulatedLine]:
     bodies = _prepare(workdir, app_size)
     os.environ["BOARDSIM_PROBES"] = str((workdir / "probes").resolve())
-    processes = _start(workdir, stations, boards, baud, None)
+    processes = _start(workdir, stations, boards, baud, None, board_kind=kind)
     daemons: list[subprocess.Popen[bytes]] = []
     try:
         url, job_id = anyio.run(_create_job, workdir / "cloud", bodies, quantity)
