@@ -38,13 +38,23 @@ from nuwire.secureisp.states import Role
 from orchestrator import otp
 from orchestrator.errors import Fatal, Refused, SessionLost, Swapped, UartFailure
 from orchestrator.journal import Board, Journal
+from orchestrator.steps import checked
 from orchestrator.uart import UartLink
 
 T = TypeVar("T")
-StepRunner = Callable[[Board, int, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+StepRunner = Callable[..., Awaitable[Any]]
+"""(board, number, action, before=None): runs one numbered step, ``before`` (its UID check) first."""
 
 
-async def _run(board: Board, number: int, action: Callable[[], Awaitable[T]]) -> T:
+async def _run(
+    board: Board,
+    number: int,
+    action: Callable[[], Awaitable[T]],
+    before: Callable[[], Awaitable[None]] | None = None,
+) -> T:
+    checked(number, before)
+    if before is not None:
+        await before()
     return await action()
 
 
@@ -111,7 +121,12 @@ class IspSteps:
             except SessionLost:
                 in_rom = False  # a resumed board may already run its bootloader
             if in_rom:
-                await self.step(board, 8, lambda: self.burn_app_hash(link, rom, board, app_key))
+                await self.step(
+                    board,
+                    8,
+                    lambda: self.burn_app_hash(link, rom, board, app_key),
+                    lambda: self._check_uid(link, rom, board),
+                )
                 await self.step(board, 9, lambda: link.send(rom, m.RebootToBootloader()))
             boot = self.session(Role.BOOTLOADER)
             await self.step(board, 10, lambda: link.open_session(boot))
@@ -151,8 +166,8 @@ class IspSteps:
         return m.OtpValue.from_reply(_ok(await link.send(rom, m.ReadOtp(entry)), "READ_OTP"), entry)
 
     async def burn_app_hash(self, link: UartLink, rom: HostSession, board: Board, app_key: bytes) -> None:
-        """Step 8's OTP entries over SecureISP, as orchestrator/otp.py plans them, one at a time."""
-        await self._check_uid(link, rom, board)
+        """Step 8's OTP entries over SecureISP, as orchestrator/otp.py plans them, one at a time
+        (after the UID check the step runs first: GET_ID in this session)."""
 
         async def read(entries: list[int]) -> dict[int, tuple[int, int]]:
             values = {}

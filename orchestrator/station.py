@@ -47,7 +47,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.preflight import JobCheck
 from orchestrator.probe_worker import ProbePort, ProbeWorker
 from orchestrator.states import Event, State, StationMachine
-from orchestrator.steps import BY_NUMBER, StepClass
+from orchestrator.steps import StepClass, checked
 from orchestrator.uart import UartLink
 
 T = TypeVar("T")
@@ -150,7 +150,9 @@ class StationRunner:
             application=lambda board: self.cloud.application(line.job_id, board.uid, self._obj(board)),
             attempts=line.defaults.uart.retry.attempts,
             # Inside the UART group only the cloud step retries by itself; the group retries the rest.
-            step=lambda board, number, action: self.step(board, number, action, retries=number == 11),
+            step=lambda board, number, action, before=None: self.step(
+                board, number, action, before, retries=number == 11
+            ),
             progress=self._progress,
             log=self.log,
         )
@@ -210,9 +212,18 @@ class StationRunner:
         return {StepClass.DEBUG: defaults.debug, StepClass.CLOUD: defaults.cloud}.get(kind, defaults.uart)
 
     async def step(
-        self, board: Board, number: int, action: Callable[[], Awaitable[T]], *, retries: bool = True
+        self,
+        board: Board,
+        number: int,
+        action: Callable[[], Awaitable[T]],
+        before: Callable[[], Awaitable[None]] | None = None,
+        *,
+        retries: bool = True,
     ) -> T:
-        step = BY_NUMBER[number]
+        """Run step ``number`` with its class's retries; each attempt journaled (intent, result).
+        An irreversible step (orchestrator/steps.py) runs only with ``before``, its UID check,
+        which comes first in every attempt."""
+        step = checked(number, before)
         klass = self._class(step.kind)
         attempts = klass.retry.attempts if retries else 1
         if number < 8:  # steps 8-13 share one UART session: they pause before it, not inside
@@ -236,6 +247,8 @@ class StationRunner:
                 self.log.info("step.start", **fields)
                 self.journal.event(board.uid, self.station.name, number, "intent", attempt=n)
                 try:
+                    if before is not None:
+                        await before()
                     result = await action()  # each port call has its deadline (cloud.py, probe_worker.py)
                 except Exception as error:
                     if isinstance(error, ProvisioningError):
@@ -504,6 +517,11 @@ class StationRunner:
             raise ProbeFailure("transfer", f"UID reads disagree or are blank: {first}, {second}")
         return first
 
+    async def _before_irreversible(self, board: Board) -> None:
+        """What every irreversible debug step checks first: the ports, then the board's UID."""
+        await self._ports_ready()
+        await self._check_uid(board)
+
     async def _check_uid(self, board: Board) -> None:
         uid = await self._read_uid()
         if uid != board.uid:
@@ -553,12 +571,9 @@ class StationRunner:
         self.job_check.forget()  # this board took its share of the quota
 
         async def burn_key() -> None:
-            await self._ports_ready()
-            await self._check_uid(board)
-            wanted = p.bootloader_key_entries(signed.public_key)
-            await self._burn_entries(board, 3, wanted)
+            await self._burn_entries(board, 3, p.bootloader_key_entries(signed.public_key))
 
-        await self.step(board, 3, burn_key)
+        await self.step(board, 3, burn_key, before=lambda: self._before_irreversible(board))
 
         async def program() -> None:
             base = p.bootloader_slot.base
@@ -592,7 +607,6 @@ class StationRunner:
             if self.journal.seen(board.uid, "lock-verified"):
                 return
             try:
-                await self._check_uid(board)
                 config0 = (await self.probe.read_words(p.debug_lock.config_address, 1))[0]
             except ProbeFailure as failure:
                 if failure.kind != "not_detected" or not await self._verify_lock(board):
@@ -601,7 +615,6 @@ class StationRunner:
                     raise ProbeFailure("probe", f"debug port lost before the lock ({failure})") from None
                 return
             if not p.debug_lock.is_locked(config0):
-                await self._ports_ready()
                 self.journal.event(board.uid, self.station.name, 6, "lock-intent")
                 with anyio.CancelScope(shield=True):  # never stopped between the program and its read-back
                     await self.probe.program_words(
@@ -623,7 +636,16 @@ class StationRunner:
                     "or SecureISP does not report the board locked",
                 )
 
-        await self.step(board, 6, lock)
+        async def before_lock() -> None:
+            """UID over SWD, or a silent debug port: the lock's proof then checks it over SecureISP."""
+            if not self.journal.seen(board.uid, "lock-verified"):
+                try:
+                    await self._before_irreversible(board)
+                except ProbeFailure as failure:
+                    if failure.kind != "not_detected":
+                        raise
+
+        await self.step(board, 6, lock, before=before_lock)
 
     async def _verify_lock(self, board: Board) -> bool:
         """The lock seen on this board: journaled as ``lock-verified`` with its CONFIG0."""

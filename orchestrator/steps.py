@@ -38,3 +38,11 @@ STEPS: tuple[Step, ...] = (
     Step(13, "verify, boot and report", StepClass.CHECK),
 )
 BY_NUMBER = {step.number: step for step in STEPS}
+
+
+def checked(number: int, before: object) -> Step:
+    """Step ``number`` from the table; an irreversible one refuses to run without its UID check."""
+    step = BY_NUMBER[number]
+    if step.irreversible and before is None:
+        raise TypeError(f"step {number} ({step.name}) is irreversible: it runs only after its UID check")
+    return step

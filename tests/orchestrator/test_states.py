@@ -17,6 +17,7 @@ from orchestrator.states import (
     State,
     StationMachine,
 )
+from orchestrator.steps import STEPS, checked
 
 
 def test_a_board_goes_from_found_to_its_outcome() -> None:
@@ -91,3 +92,12 @@ def test_a_step_failure_says_where_it_happened() -> None:
     assert not errors.ProbeFailure("not_detected", "no ACK").retryable
     assert errors.CloudFailure("404 not found", retryable=False, status=404).status == 404
     assert not errors.Quarantine("OTP entry 3 holds 0x1").retryable
+
+
+def test_an_irreversible_step_runs_only_after_its_uid_check() -> None:
+    for step in STEPS:
+        if step.irreversible:
+            with pytest.raises(TypeError, match="runs only after its UID check"):
+                checked(step.number, None)
+        assert checked(step.number, object()) is step
+    assert [s.number for s in STEPS if s.irreversible] == [3, 6, 8]

@@ -1,0 +1,26 @@
+"""bench/chaos.py with a small N, as CI runs it: kills over a line with one fault per station,
+then no invariant broken on any board (the full run's figures are in docs/performance.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).parents[2] / "bench" / "chaos.py"
+
+
+def test_a_small_chaos_run_breaks_no_invariant(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--kills", "6", "--stations", "7", "--boards", "1",
+         "--workdir", str(tmp_path / "chaos"), "--bound-s", "1200"],
+        capture_output=True, text=True, timeout=2400, check=False,
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    assert report["violations"] == [], report
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sum(v for k, v in report["kills"].items() if k != "cloud_outages") == 6
+    assert report["outcomes"].get("none", 0) == 0  # every board ended
+    for kind in ("foreign-key", "half", "objid"):
+        assert report[kind]["outcomes"] == {"QUARANTINE": 2}, report[kind]
