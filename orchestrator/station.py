@@ -53,9 +53,9 @@ from orchestrator.uart import UartLink
 T = TypeVar("T")
 ERASED = 0xFFFFFFFF
 LOCK_READS = 3
+"""Reads of the debug port that must all go unanswered before a board is taken for locked."""
 SWD_SILENT = "debug port silent while CONFIG0 is not locked: check SWD"
 OUTCOME_EVENT = {"PASS": Event.PASSED, "FAIL": Event.FAILED, "QUARANTINE": Event.QUARANTINED}
-"""Reads of the debug port that must all go unanswered before a board is taken for locked."""
 
 
 def retryable(error: BaseException) -> bool:
@@ -398,9 +398,7 @@ class StationRunner:
                     backoff = min(30.0, backoff * 2)
                     continue
                 backoff = 0.5
-                if (
-                    self._reset_pending
-                ):  # before the first look: a SecureISP cut off mid-exchange stays silent
+                if self._reset_pending:  # first: a SecureISP cut off mid-exchange stays silent
                     with contextlib.suppress(ProbeFailure):
                         await self._hardware_reset()
                         self._reset_pending = False
