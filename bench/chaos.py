@@ -262,7 +262,7 @@ def main() -> int:
     finally:
         line.close()
     for kind in ("foreign-key", "half", "objid"):  # boards that carry another line's key or OBJ_ID
-        other = Line(root / kind, 2, 1, kind=kind)
+        other = Line(root / kind[:4], 2, 1, kind=kind)  # short: the simulator's socket paths live here
         try:
             kills = campaign(other, 3, rng, args.bound_s)
             found, unexplained, outcomes = violations(other, expect_quarantine=True)

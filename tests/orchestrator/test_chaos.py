@@ -6,17 +6,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 BENCH = Path(__file__).parents[2] / "bench" / "chaos.py"
 
 
-def test_a_small_chaos_run_breaks_no_invariant(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCH), "--kills", "6", "--stations", "7", "--boards", "1",
-         "--workdir", str(tmp_path / "chaos"), "--bound-s", "1200"],
-        capture_output=True, text=True, timeout=2400, check=False,
-    )  # fmt: skip
+def test_a_small_chaos_run_breaks_no_invariant() -> None:
+    # A short folder of its own: the simulator's sockets live under it (AF_UNIX paths: 107 bytes).
+    with tempfile.TemporaryDirectory(prefix="chaos-") as workdir:
+        result = subprocess.run(
+            [sys.executable, str(BENCH), "--kills", "6", "--stations", "7", "--boards", "1",
+             "--workdir", workdir, "--bound-s", "1200"],
+            capture_output=True, text=True, timeout=2400, check=False,
+        )  # fmt: skip
+    assert result.stdout, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["violations"] == [], report
     assert result.returncode == 0, result.stderr[-2000:]
