@@ -39,7 +39,7 @@ from orchestrator import otp
 from orchestrator.errors import Fatal, Refused, SessionLost, Swapped, UartFailure
 from orchestrator.journal import Board, Journal
 from orchestrator.steps import checked
-from orchestrator.uart import UartLink
+from orchestrator.uart import UartPort
 
 T = TypeVar("T")
 StepRunner = Callable[..., Awaitable[Any]]
@@ -71,7 +71,8 @@ class HostKeys:
 class IspSteps:
     profile: TargetProfile
     keys: HostKeys
-    link: Callable[[], UartLink]
+    link: Callable[[], UartPort]
+    """Opens the board's ISP UART (a new link per group attempt)."""
     reset: Callable[[], Awaitable[None]]
     """Pulse the board's nRESET (through the probe)."""
     journal: Journal
@@ -156,16 +157,16 @@ class IspSteps:
             return uid, int.from_bytes(config.payload[:4].ljust(4, b"\xff"), "little")
         return None
 
-    async def _check_uid(self, link: UartLink, session: HostSession, board: Board) -> None:
+    async def _check_uid(self, link: UartPort, session: HostSession, board: Board) -> None:
         reply = await link.send(session, m.GetId())
         uid = format_uid(m.DeviceId.from_payload(_ok(reply, "GET_ID").payload).uid)
         if uid != board.uid:
             raise Swapped(f"expected UID {board.uid}, the UART answers {uid}")
 
-    async def read_otp(self, link: UartLink, rom: HostSession, entry: int) -> m.OtpValue:
+    async def read_otp(self, link: UartPort, rom: HostSession, entry: int) -> m.OtpValue:
         return m.OtpValue.from_reply(_ok(await link.send(rom, m.ReadOtp(entry)), "READ_OTP"), entry)
 
-    async def burn_app_hash(self, link: UartLink, rom: HostSession, board: Board, app_key: bytes) -> None:
+    async def burn_app_hash(self, link: UartPort, rom: HostSession, board: Board, app_key: bytes) -> None:
         """Step 8's OTP entries over SecureISP, as orchestrator/otp.py plans them, one at a time
         (after the UID check the step runs first: GET_ID in this session)."""
 
@@ -187,7 +188,7 @@ class IspSteps:
                 board.uid, self.station, 8, "otp-result", outcome="written", outputs={"entry": entry}
             )
 
-    async def download(self, link: UartLink, boot: HostSession, board: Board, image: bytes) -> None:
+    async def download(self, link: UartPort, boot: HostSession, board: Board, image: bytes) -> None:
         await self._check_uid(link, boot, board)
         slot = self.profile.application_slot
         padded = image + b"\xff" * (-len(image) % 4)
@@ -210,7 +211,7 @@ class IspSteps:
                 raise
             self.progress(min(1.0, (offset + 48) / len(padded)))
 
-    async def finish(self, link: UartLink, boot: HostSession, size: int) -> None:
+    async def finish(self, link: UartPort, boot: HostSession, size: int) -> None:
         reply = await link.send(boot, m.VerifyImage(self.profile.application_slot.base))
         if reply is None or not reply.ok:
             raise Fatal(f"the bootloader refused the application: {reply.status if reply else None!r}")

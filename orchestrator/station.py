@@ -48,7 +48,7 @@ from orchestrator.preflight import JobCheck
 from orchestrator.probe_worker import ProbePort, ProbeWorker
 from orchestrator.states import Event, State, StationMachine
 from orchestrator.steps import StepClass, checked
-from orchestrator.uart import UartLink
+from orchestrator.uart import UartLink, UartPort
 
 T = TypeVar("T")
 ERASED = 0xFFFFFFFF
@@ -61,6 +61,28 @@ OUTCOME_EVENT = {"PASS": Event.PASSED, "FAIL": Event.FAILED, "QUARANTINE": Event
 def retryable(error: BaseException) -> bool:
     """The one retry rule (orchestrator/errors.py): an error of the tree says so itself."""
     return error.retryable if isinstance(error, ProvisioningError) else isinstance(error, TimeoutError)
+
+
+async def _within(
+    limit: float | None,
+    kind: StepClass,
+    action: Callable[[], Awaitable[T]],
+    before: Callable[[], Awaitable[None]] | None,
+) -> T:
+    """One attempt: ``before`` then ``action``, within ``limit`` seconds (None: each port call has
+    its own deadline only). Past it, the attempt is a retryable failure of its port."""
+    try:
+        with anyio.fail_after(limit):
+            if before is not None:
+                await before()
+            return await action()
+    except TimeoutError:
+        if limit is None:  # not ours: a port's own
+            raise
+        late = f"the step's attempt took longer than its deadline of {limit} s"
+        if kind is StepClass.CLOUD:
+            raise CloudFailure(late, retryable=True) from None
+        raise ProbeFailure("timeout", late) from None
 
 
 @dataclass
@@ -110,7 +132,10 @@ class StationRunner:
         metrics: Metrics | None = None,
         job_check: JobCheck | None = None,
         probe: ProbePort | None = None,
+        uart: Callable[[], UartPort] | None = None,
     ) -> None:
+        """``probe``, ``uart`` and ``cloud`` are the station's ports (typed Protocols); the line's
+        are a ProbeWorker, a UartLink on ``station.uart`` and a LineCloud."""
         self.line, self.station, self.profile = line, station, profile
         self.journal, self.cloud, self.station_key = journal, cloud, station_key
         self.job_check = job_check or JobCheck(cloud, line.job_id)
@@ -135,6 +160,7 @@ class StationRunner:
         self.on_done: Callable[[Board], None] = lambda _: None
         self._not_seen: tuple[str, int] | None = None  # (UID, CONFIG0) of a board whose SWD is silent
         self._reset_pending = False  # nRESET before the next look at the fixture (see run)
+        self._window = (0.0, 1.0)  # (start, share) of the step a probe call's progress covers
         isp = line.secureisp
         self.isp = IspSteps(
             profile,
@@ -143,16 +169,13 @@ class StationRunner:
                 public_key_from_raw(bytes.fromhex(isp.rom_public_key)),
                 public_key_from_raw(bytes.fromhex(isp.bootloader_public_key)),
             ),
-            link=self._uart,
+            link=uart or self._uart,
             reset=self._hardware_reset,
             journal=journal,
             station=station.name,
             application=lambda board: self.cloud.application(line.job_id, board.uid, self._obj(board)),
             attempts=line.defaults.uart.retry.attempts,
-            # Inside the UART group only the cloud step retries by itself; the group retries the rest.
-            step=lambda board, number, action, before=None: self.step(
-                board, number, action, before, retries=number == 11
-            ),
+            step=self.step,
             progress=self._progress,
             log=self.log,
         )
@@ -217,21 +240,21 @@ class StationRunner:
         number: int,
         action: Callable[[], Awaitable[T]],
         before: Callable[[], Awaitable[None]] | None = None,
-        *,
-        retries: bool = True,
     ) -> T:
-        """Run step ``number`` with its class's retries; each attempt journaled (intent, result).
-        An irreversible step (orchestrator/steps.py) runs only with ``before``, its UID check,
-        which comes first in every attempt."""
+        """Run step ``number`` as its row in orchestrator/steps.py says: its class's retries (in a
+        group, only a cloud step retries by itself: the group retries the rest as one), each
+        attempt within its deadline and journaled (intent, result). An irreversible step runs only
+        with ``before``, its UID check, which comes first in every attempt."""
         step = checked(number, before)
         klass = self._class(step.kind)
-        attempts = klass.retry.attempts if retries else 1
-        if number < 8:  # steps 8-13 share one UART session: they pause before it, not inside
+        alone = step.group is None or step.kind is StepClass.CLOUD
+        if step.group is None:  # a group pauses before its first step, never inside
             await self._safe_point()
         self.status.step = number
         labels = (str(number), step.kind.value)
+        limit = None if step.deadline is None else klass.timeout_s * step.deadline
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(attempts),
+            stop=stop_after_attempt(klass.retry.attempts if alone else 1),
             wait=wait_exponential_jitter(initial=klass.retry.backoff_s, max=10),
             retry=retry_if_exception(retryable),
             reraise=True,
@@ -247,9 +270,7 @@ class StationRunner:
                 self.log.info("step.start", **fields)
                 self.journal.event(board.uid, self.station.name, number, "intent", attempt=n)
                 try:
-                    if before is not None:
-                        await before()
-                    result = await action()  # each port call has its deadline (cloud.py, probe_worker.py)
+                    result = await _within(limit, step.kind, action, before)
                 except Exception as error:
                     if isinstance(error, ProvisioningError):
                         error.at(self.station.name, number, board.uid)
@@ -280,7 +301,9 @@ class StationRunner:
         await self.probe.hardware_reset()
 
     def _progress(self, done: float) -> None:
-        self.status.progress = done
+        """``done`` (0..1) of the probe call under way, within its share of the step (``_window``)."""
+        start, share = self._window
+        self.status.progress = start + share * done
 
     # -- finding a board ---------------------------------------------------------------------------
 
@@ -313,7 +336,7 @@ class StationRunner:
     async def _ports(self) -> str | None:
         """Why a local port is missing: the UART does not open at its baud, the probe is not there."""
         try:
-            async with self._uart():
+            async with self.isp.link():
                 pass
         except (OSError, ValueError) as error:  # pyserial's SerialException is an OSError
             return f"UART {self.station.uart} does not open: {error}"
@@ -364,7 +387,7 @@ class StationRunner:
         self._not_seen = None
         return found
 
-    def _uart(self) -> UartLink:
+    def _uart(self) -> UartPort:
         counter = self.metrics.uart_bytes
         return UartLink(
             self.station.uart,
@@ -574,13 +597,19 @@ class StationRunner:
         await self.step(board, 3, burn_key, before=lambda: self._before_irreversible(board))
 
         async def program() -> None:
-            base = p.bootloader_slot.base
-            self.status.progress = 0.0
-            if await self.probe.read_memory(base, len(signed.image)) != signed.image:
-                await self.probe.flash(base, signed.image)
-            self.status.progress = 1.0
-            if await self.probe.read_memory(base, len(signed.image)) != signed.image:
-                raise ProbeFailure("failed", "the bootloader did not read back")
+            """Page by page, each one compared first: an attempt cut short (a fault, a deadline,
+            a kill) resumes at the first page that is not right, and one page is one probe call."""
+            image, base, page = signed.image, p.bootloader_slot.base, p.aprom.page_size
+            for offset in range(0, len(image), page):
+                part, self._window = image[offset : offset + page], (offset / len(image), page / len(image))
+                if await self.probe.read_memory(base + offset, len(part)) != part:
+                    await self.probe.flash(base + offset, part)
+                    if await self.probe.read_memory(base + offset, len(part)) != part:
+                        raise ProbeFailure(
+                            "failed", f"the bootloader's page at 0x{base + offset:X} did not read back"
+                        )
+                self._progress(1.0)
+            self._window = (0.0, 1.0)
 
         await self.step(board, 4, program)
         await self._reset_and_lock(board)

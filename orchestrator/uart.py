@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import serial_asyncio
@@ -26,6 +26,20 @@ from nuwire.secureisp.states import Phase
 from orchestrator.errors import SessionLost
 
 RESYNC_ATTEMPTS = 5
+
+
+class UartPort(Protocol):
+    """The station's ISP UART, opened for one group of exchanges (``async with``): SecureISP
+    requests in a host session, each answer within the packet deadline (``uart.timeout_s``);
+    a failure is a UartFailure (orchestrator/errors.py). :class:`UartLink` is the line's."""
+
+    async def __aenter__(self) -> UartPort: ...
+    async def __aexit__(self, *_: object) -> None: ...
+    async def send(self, session: HostSession, request: Request) -> Reply | None:
+        """The answer to ``request``, or None for one nothing answers (RESET, REBOOT_TO_BOOTLOADER)."""
+
+    async def open_session(self, session: HostSession) -> None:
+        """RESYNC, CONNECT and both ECDH rounds."""
 
 
 class UartLink:

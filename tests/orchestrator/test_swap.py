@@ -248,33 +248,65 @@ def test_swapped_between_steps_7_and_8(tmp_path: Path) -> None:
     anyio.run(_line, tmp_path, scenario)
 
 
-def test_probe_unplugged_mid_flash_is_retried_and_passes(tmp_path: Path) -> None:
+def test_probe_unplugged_mid_flash_resumes_at_the_first_page_not_right(tmp_path: Path) -> None:
     async def scenario(
         runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
     ) -> None:
         probe = FakeProbe(fixture)
-        unplugged: list[bool] = []
+        flashed: list[int] = []
         flash = probe.call
 
         async def call(operation: str, *args: Any, limit_s: float, on_progress: Any = None) -> Any:
-            if operation == "flash" and not unplugged:
+            if operation == "flash":
                 address, data = args
-                await flash(
-                    "flash", address, data[: len(data) // 2], limit_s=limit_s
-                )  # half the pages, then gone
-                unplugged.append(True)
-                raise ProbeFailure("probe", "probe NULINK3 unplugged")
+                flashed.append(address)
+                if len(flashed) == 2:  # the second page: half of it, then the probe is gone
+                    await flash("flash", address, data[: len(data) // 2], limit_s=limit_s)
+                    raise ProbeFailure("probe", "probe NULINK3 unplugged")
             return await flash(operation, *args, limit_s=limit_s)
 
         probe.call = call  # type: ignore[method-assign]
         runner.probe = probe
         await runner.provision(old.uid_text, "debug")
-        assert unplugged
         assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
         attempts = [
             e["attempt"] for e in journal.steps(old.uid_text) if e["step"] == 4 and e["phase"] == "intent"
         ]
         assert attempts == [1, 2]
+        page = M2354.aprom.page_size
+        assert flashed[:3] == [0, page, page]  # the first page, right already, is not flashed again
+        assert len(flashed) == len(set(flashed)) + 1
+        assert old.otp_program_counts[:24] == [1] * 24
+
+    anyio.run(_line, tmp_path, scenario)
+
+
+def test_a_probe_call_that_hangs_past_the_step_deadline_is_a_retry(tmp_path: Path) -> None:
+    """The step's deadline (defaults.debug.timeout_s times the step's ``deadline``) ends an attempt
+    whose port call never returns; the next attempt goes on."""
+
+    async def scenario(
+        runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
+    ) -> None:
+        probe = FakeProbe(fixture)
+        hung: list[bool] = []
+        carry_out = probe.call
+
+        async def call(operation: str, *args: Any, limit_s: float, on_progress: Any = None) -> Any:
+            if operation == "read_otp" and not hung:  # step 3's first look at OTP never returns
+                hung.append(True)
+                await anyio.sleep_forever()
+            return await carry_out(operation, *args, limit_s=limit_s)
+
+        probe.call = call  # type: ignore[method-assign]
+        runner.probe = probe
+        runner.line.defaults.debug = StepClass(timeout_s=1, retry=Retry(attempts=3, backoff_s=0.1))
+        await runner.provision(old.uid_text, "debug")
+        assert hung
+        assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
+        step_3 = [e for e in journal.steps(old.uid_text) if e["step"] == 3 and e["phase"] == "result"]
+        assert [e["outcome"] for e in step_3] == ["error", "ok"]
+        assert "deadline" in step_3[0]["outputs"]["error"]
         assert old.otp_program_counts[:24] == [1] * 24
 
     anyio.run(_line, tmp_path, scenario)
