@@ -1,7 +1,8 @@
 """Chaos: SIGKILL the daemon again and again over a simulated line whose stations each carry a
-fault, with cloud outages in between, then check every board against the safety invariants of
-../shared/DESIGN.md from the boards' own state (boardsim's state folder), the journal and the
-cloud's audit log. Boards that come with foreign or half-written OTP go through a line of their own.
+fault, and disrupt the line around it at chosen steps, then check every board against the safety
+invariants of ../shared/DESIGN.md from the boards' own state (boardsim's state folder), the journal
+and the cloud's audit log. Boards that come with foreign or half-written OTP go through a line of
+their own.
 
     python bench/chaos.py [--kills 300] [--stations 7] [--boards 6] [--seed 1] [--workdir DIR]
 
@@ -10,8 +11,15 @@ The faults, one per station in this order (cycled): none; UART corruption and lo
 byte: Nuvoton's SecureISP ends at the first damaged request, so 5e-4 already costs a board); a brown-out
 at the first MASS_WRITE; SWD transfer faults at 0.01; a target 3x slower; the first READ_CONFIG
 answer lost; the SWD link lost at the first reset (that board FAILs at step 5: the one FAIL
-expected). Kills land at a random time, as soon as a step's intent is journaled, or as soon as an
-irreversible step's intent (OTP, lock) is.
+expected).
+
+Each round waits for a moment (a random time; any step's intent; an irreversible step's intent,
+OTP or lock; or the intent of one chosen step, 1-13) and then does one thing (DISRUPTIONS): SIGKILL
+the daemon (most rounds; they count towards ``--kills``), SIGKILL the simulator (a power cut of every
+fixture: restarted, it puts each board back) or the cloud (restarted on its port), stop the cloud
+for 5-35 s (SIGSTOP: connections hang, the timeouts case), answer 503 for 3 s, unplug the step's
+probe for 0.5-3 s, cut the board's power, or put the board aside for the next one (a swap: it comes
+back after the others). The report counts each by the step it hit.
 """
 
 from __future__ import annotations
@@ -49,6 +57,16 @@ FAULTS: tuple[dict[str, object], ...] = (
 EXPECTED_FAIL = {"swd_lost_at_reset": 5}  # a fault whose board may FAIL, at this step
 FINAL = ("PASS", "FAIL", "QUARANTINE")
 IRREVERSIBLE = ("otp-intent", "lock-intent")
+DISRUPTIONS = {  # what a round does at its moment, and how often (weights)
+    "kill-daemon": 8,
+    "kill-simulator": 1,
+    "kill-cloud": 1,
+    "hang-cloud": 1,
+    "cloud-503": 1,
+    "unplug-probe": 1,
+    "power-cut": 1,
+    "put-aside": 1,
+}
 
 
 class Line:
@@ -70,6 +88,49 @@ class Line:
         )
         self.journal = workdir / "journal.db"
         self.total = stations * boards
+        settings = workdir / "cloud" / "settings.json"  # a restarted cloud listens where the line expects it
+        written = json.loads(settings.read_text())
+        written["listen"]["port"] = int(self.url.rsplit(":", 1)[1].split("/")[0])
+        settings.write_text(json.dumps(written, indent=1))
+
+    def restart(self, which: int, serve_json: Path) -> None:
+        """SIGKILL process ``which`` (0: the cloud, 1: the simulator) and start it again as it was."""
+        process = self.processes[which]
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        serve_json.unlink(missing_ok=True)
+        name = ("cloudserver.jsonl", "boardsim.log")[which]
+        with (self.workdir / "logs" / name).open("ab") as log:
+            again = subprocess.Popen(process.args, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603  # ours
+        self.processes[which] = again
+        deadline = time.monotonic() + 120
+        while not serve_json.exists():
+            if again.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{process.args[0]} did not come back (see {name})")
+            time.sleep(0.05)
+
+    def ctl(self, request: dict[str, object]) -> None:
+        command = [_tool("boardsim"), "ctl", "--state-dir", str(self.workdir / "boards"), json.dumps(request)]
+        subprocess.run(command, capture_output=True, check=True)  # noqa: S603  # our own script
+
+    def disrupt(self, what: str, station: str, rng: random.Random) -> None:
+        """One disruption of DISRUPTIONS other than killing the daemon, at ``station``'s board."""
+        if what == "kill-simulator":
+            self.restart(1, self.workdir / "boards" / "serve.json")
+        elif what == "kill-cloud":
+            self.restart(0, self.workdir / "cloud" / "serve.json")
+        elif what == "hang-cloud":
+            self.processes[0].send_signal(signal.SIGSTOP)
+            time.sleep(rng.uniform(5, 35))
+            self.processes[0].send_signal(signal.SIGCONT)
+        elif what == "cloud-503":
+            anyio.run(self.outage, 3)
+        elif what == "unplug-probe":
+            self.ctl({"op": "unplug", "station": station})
+            time.sleep(rng.uniform(0.5, 3))
+            self.ctl({"op": "plug", "station": station})
+        else:  # power-cut, put-aside
+            self.ctl({"op": what, "station": station})
 
     def daemon(self) -> subprocess.Popen[bytes]:
         log = self.workdir / "logs" / "orchestrator.jsonl"
@@ -94,12 +155,18 @@ class Line:
         rows = self.query("SELECT COALESCE(MAX(id), 0) FROM steps")
         return int(rows[0][0]) if rows else 0
 
-    def row_after(self, mark: int, phases: tuple[str, ...]) -> bool:
+    def row_after(self, mark: int, phases: tuple[str, ...], step: int | None = None) -> str | None:
+        """The station of the first journal row after ``mark`` in ``phases`` (of ``step``), or None."""
         marks = ",".join("?" for _ in phases)
-        query = f"SELECT 1 FROM steps WHERE id > ? AND phase IN ({marks}) LIMIT 1"  # noqa: S608  # our phases
-        return bool(self.query(query, mark, *phases))
+        query = f"SELECT station FROM steps WHERE id > ? AND phase IN ({marks})"  # noqa: S608  # our phases
+        rows = (
+            self.query(query + " AND step = ? LIMIT 1", mark, *phases, step)
+            if step
+            else self.query(query + " LIMIT 1", mark, *phases)
+        )
+        return str(rows[0][0]) if rows else None
 
-    async def outage(self, seconds: float) -> None:
+    async def outage(self, seconds: int) -> None:
         pki = self.workdir / "cloud" / "pki"
         async with CloudClient(
             self.url, client_context(pki / "admin.crt", pki / "admin.key", pki / "ca.crt")
@@ -113,53 +180,69 @@ class Line:
                 "uart_corrupt_rate": 0.0, "uart_loss_rate": 0.0, "brownout_at_command": None,
                 "swd_fault_rate": 0.0, "slow_factor": 1.0, "answer_lost_at_command": None,
                 "swd_lost_at_reset": False}}  # fmt: skip
-            command = [
-                _tool("boardsim"),
-                "ctl",
-                "--state-dir",
-                str(self.workdir / "boards"),
-                json.dumps(request),
-            ]
-            subprocess.run(command, capture_output=True, check=True)  # noqa: S603  # our own script
+            self.ctl(request)
 
     def close(self) -> None:
         for process in self.processes:
+            process.send_signal(signal.SIGCONT)  # a cloud stopped by hang-cloud
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
 
 
+def _moment(
+    line: Line, daemon: subprocess.Popen[bytes], rng: random.Random
+) -> tuple[str, int | None, str | None]:
+    """Wait for a round's moment: (what it was, the step, the station whose journal row it was)."""
+    mark = line.last_row()
+    moment = rng.choice(("random", "intent", "irreversible", "step"))
+    step = rng.randint(1, 13) if moment == "step" else None
+    phases = ("intent",) if moment in ("intent", "step") else IRREVERSIBLE
+    until = time.monotonic() + (rng.uniform(0.3, 4.0) if moment == "random" else 30.0)
+    while time.monotonic() < until and daemon.poll() is None:
+        if moment != "random":
+            station = line.row_after(mark, phases, step)
+            if station is not None:
+                return moment, step, station
+        time.sleep(0.002)
+    return (moment if moment == "random" else f"{moment}_not_reached"), step, None
+
+
 def campaign(line: Line, kills: int, rng: random.Random, bound_s: float) -> dict[str, Any]:
-    """Kill the daemon ``kills`` times (or until every board is done), then mend the faults and
-    let it finish (a board behind a lost SWD link waits for a person, by design)."""
+    """Rounds (see the module's docstring) until the daemon was killed ``kills`` times or every
+    board is done; then mend the faults and let it finish (a board behind a lost SWD link waits
+    for a person, by design)."""
     deadline = time.monotonic() + bound_s
-    kinds: Counter[str] = Counter()
-    outages: set[int] = set()
-    while kinds.total() < kills and line.finished() < line.total and time.monotonic() < deadline:
-        if kinds.total() % 60 == 30 and kinds.total() not in outages:
-            anyio.run(line.outage, 3.0)  # the cloud answers 503 for a while
-            outages.add(kinds.total())
-        mark = line.last_row()
-        daemon = line.daemon()
-        kind = rng.choice(("random", "intent", "irreversible"))
-        until = time.monotonic() + (rng.uniform(0.3, 4.0) if kind == "random" else 30.0)
-        phases = ("intent",) if kind == "intent" else IRREVERSIBLE
-        while time.monotonic() < until and daemon.poll() is None:
-            if kind != "random" and line.row_after(mark, phases):
-                break
-            time.sleep(0.002)
+    moments: Counter[str] = Counter()
+    done: dict[str, Counter[str]] = {what: Counter() for what in DISRUPTIONS}
+    names, weights = list(DISRUPTIONS), list(DISRUPTIONS.values())
+    daemon: subprocess.Popen[bytes] | None = None
+    while sum(done["kill-daemon"].values()) < kills and line.finished() < line.total:
+        if time.monotonic() > deadline:
+            break
+        if daemon is None or daemon.poll() is not None:
+            daemon = line.daemon()
+        moment, step, station = _moment(line, daemon, rng)
+        what = rng.choices(names, weights)[0]
+        if what == "kill-daemon":
+            daemon.send_signal(signal.SIGKILL)
+            daemon.wait()
         else:
-            kind = "random" if kind == "random" else f"{kind}_not_reached"
+            if station is None:
+                station = f"station-{rng.randint(1, line.stations):02d}"
+            line.disrupt(what, station, rng)
+        moments[moment] += 1
+        done[what][str(step) if moment == "step" else moment] += 1
+    if daemon is not None and daemon.poll() is None:
         daemon.send_signal(signal.SIGKILL)
         daemon.wait()
-        kinds[kind] += 1
     line.mend()
-    deadline = time.monotonic() + 900  # a bound for the rest: every station is sound now
+    finish = time.monotonic() + 900  # a bound for the rest: every station is sound now
     daemon = line.daemon()
-    while line.finished() < line.total and time.monotonic() < deadline and daemon.poll() is None:
+    while line.finished() < line.total and time.monotonic() < finish and daemon.poll() is None:
         time.sleep(0.5)
     daemon.send_signal(signal.SIGTERM)
     daemon.wait(timeout=120)
-    return {**kinds, "cloud_outages": len(outages)}
+    return {"moments": dict(moments), **{what: dict(by) for what, by in done.items() if by}}
 
 
 def violations(line: Line, *, expect_quarantine: bool) -> tuple[list[str], list[str], Counter[str]]:
@@ -255,7 +338,7 @@ def main() -> int:
     }
     line = Line(root / "kills", args.stations, args.boards)
     try:
-        report["kills"] = campaign(line, args.kills, rng, args.bound_s)
+        report["rounds"] = campaign(line, args.kills, rng, args.bound_s)
         report["violations"], report["unexplained_fails"], report["outcomes"] = violations(
             line, expect_quarantine=False
         )
@@ -264,11 +347,11 @@ def main() -> int:
     for kind in ("foreign-key", "half", "objid"):  # boards that carry another line's key or OBJ_ID
         other = Line(root / kind[:4], 2, 1, kind=kind)  # short: the simulator's socket paths live here
         try:
-            kills = campaign(other, 3, rng, args.bound_s)
+            rounds = campaign(other, 3, rng, args.bound_s)
             found, unexplained, outcomes = violations(other, expect_quarantine=True)
         finally:
             other.close()
-        report[kind] = {"kills": kills, "outcomes": outcomes}
+        report[kind] = {"rounds": rounds, "outcomes": outcomes}
         report["violations"] += found + unexplained
     report["seconds"] = round(time.monotonic() - started, 1)
     report["workdir"] = str(root)

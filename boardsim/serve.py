@@ -84,7 +84,8 @@ class Simulator:
                 operator=settings.operator,
                 faults=faults,
             )
-            station.enqueue(settings.boards_per_station, settings.board_kind)
+            if not station.restore():  # a simulator killed on this state folder: its line goes on
+                station.enqueue(settings.boards_per_station, settings.board_kind)
             self.stations.append(station)
 
     def station(self, name: str) -> Station:
@@ -198,7 +199,7 @@ class Simulator:
             await stream.send(json.dumps(answer).encode() + b"\n")
 
     async def command(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Run one control command: status, faults, insert, remove, unplug, plug."""
+        """Run one control command: status, faults, insert, remove, put-aside, power-cut, unplug, plug."""
         op = request["op"]
         if op == "status":
             return {"ok": True, "stations": self.status()}
@@ -214,6 +215,10 @@ class Simulator:
             station.insert(station.queue.pop())
         elif op == "remove":
             station.remove()
+        elif op == "put-aside":
+            station.put_aside()
+        elif op == "power-cut":
+            station.power_cut()
         elif op == "unplug":
             await station.probe_server.unplug()
         elif op == "plug":

@@ -13,8 +13,9 @@ import json
 import os
 from pathlib import Path
 
-from boardsim.board import Board
-from nuwire.ids import format_obj_id
+from boardsim.board import Board, Timing
+from nuwire.ids import format_obj_id, parse_uid
+from nuwire.profiles import TargetProfile
 
 IMMEDIATE = frozenset({"otp", "state"})
 
@@ -80,3 +81,18 @@ class StateStore:
                 write_atomically(folder / f"{name}.bin", bytes(blobs[name]))
             # state.json reflects every change (obj_id lives in data flash, counts in OTP).
             write_atomically(folder / "state.json", json.dumps(state_json(board), indent=1).encode())
+
+
+def load_board(folder: Path, profile: TargetProfile, timing: Timing) -> Board:
+    """A board from its folder, as a power cut left it: memories, CONFIG, OTP program counts and
+    its history (a restarted simulator puts it back in its fixture; it resets at insertion)."""
+    state = json.loads((folder / "state.json").read_text())
+    uid = parse_uid(state["uid"])
+    board = Board(profile, uid, ucid=(uid[0] & 0xFF, uid[1], 0x4E55564F, 0x544F4E00), timing=timing)
+    for name, memory in (("otp", board.otp), ("aprom", board.aprom), ("ldrom", board.ldrom),
+                         ("dataflash", board.data_flash)):  # fmt: skip
+        memory[:] = (folder / f"{name}.bin").read_bytes()
+    board.config = [int(word, 16) for word in state["config"]]
+    board.otp_program_counts = list(state["otp_program_counts"])
+    board.events = list(state["events"])
+    return board

@@ -28,10 +28,10 @@ from boardsim.cortex import Core, FlashAlgorithm
 from boardsim.dap import DapProbe, SwdPort
 from boardsim.isp import BoardIsp, IspKeys
 from boardsim.probe_server import LinkTiming, ProbeServer
-from boardsim.state import StateStore
+from boardsim.state import StateStore, load_board, write_atomically
 from boardsim.uart import UartFaults, UartPort
 from nuwire import mcuboot
-from nuwire.ids import encode_obj_id_record
+from nuwire.ids import encode_obj_id_record, parse_uid
 from nuwire.keys import raw_public_key
 from nuwire.profiles import TargetProfile
 
@@ -75,9 +75,13 @@ class StationFaults:
                 )
 
 
-def make_board(profile: TargetProfile, station: int, number: int, kind: str, timing: Timing) -> Board:
-    """A board as it comes to the line: blank, or with an OBJ_ID, a foreign key, or half done."""
-    uid = (0x53494D00 | station & 0xFF, number, int.from_bytes(os.urandom(4), "little"))
+def make_board(
+    profile: TargetProfile, station: int, number: int, kind: str, timing: Timing, *, serial: int | None = None
+) -> Board:
+    """A board as it comes to the line: blank, or with an OBJ_ID, a foreign key, or half done;
+    ``serial`` is its UID's last word (random unless given)."""
+    serial = int.from_bytes(os.urandom(4), "little") if serial is None else serial
+    uid = (0x53494D00 | station & 0xFF, number, serial)
     board = Board(profile, uid, ucid=(station, number, 0x4E55564F, 0x544F4E00), timing=timing)
     if kind == "objid":
         record = encode_obj_id_record(os.urandom(16))
@@ -131,6 +135,7 @@ class Station:
         self.operator = operator
         self.faults = faults
         self.queue: deque[Board] = deque()
+        self.kinds: dict[str, str] = {}  # UID -> board kind, for the queue in the fixture file
         self.board: Board | None = None
         self.isp: BoardIsp | None = None
         self.done: list[str] = []
@@ -159,10 +164,44 @@ class Station:
         self.probe.port.armed_at = self.board.resets if self.board is not None else 0
         self.uart.faults = self.faults.uart
 
+    @property
+    def fixture_file(self) -> Path:
+        """Which board is in the fixture, which wait and which are done (a restart resumes it)."""
+        return self.state.root / f"{self.name}.json"
+
+    def _save(self) -> None:
+        current = None if self.board is None else self.board.uid_text
+        queue = [[board.uid_text, self.kinds.get(board.uid_text, "blank")] for board in self.queue]
+        plan = {"board": current, "queue": queue, "done": self.done}
+        write_atomically(self.fixture_file, json.dumps(plan, indent=1).encode())
+
     def enqueue(self, count: int, kind: str = "blank") -> None:
         for _ in range(count):
             number = len(self.queue) + len(self.done) + (self.board is not None) + 1
-            self.queue.append(make_board(self.profile, self.index, number, kind, self.timing))
+            board = make_board(self.profile, self.index, number, kind, self.timing)
+            self.kinds[board.uid_text] = kind
+            self.queue.append(board)
+        self._save()
+
+    def restore(self) -> bool:
+        """Pick up where a killed simulator left this station (its fixture file): the board that was
+        in the fixture goes back in first (from its folder: a power cycle), then the rest of the
+        pile. False when there is nothing to restore."""
+        if not self.fixture_file.exists():
+            return False
+        plan = json.loads(self.fixture_file.read_text())
+        self.done = list(plan["done"])
+        waiting = ([[plan["board"], "in the fixture"]] if plan["board"] else []) + plan["queue"]
+        for uid, kind in waiting:
+            folder = self.state.root / uid
+            if (folder / "state.json").exists():
+                board = load_board(folder, self.profile, self.timing)
+            else:  # never inserted: made again as it came
+                words = parse_uid(uid)
+                board = make_board(self.profile, self.index, words[1], kind, self.timing, serial=words[2])
+            self.kinds[uid] = kind
+            self.queue.append(board)
+        return True
 
     def insert(self, board: Board) -> None:
         self.remove()
@@ -170,6 +209,7 @@ class Station:
         core = Core(board, self.algorithms)
         board.reset("inserted (power on)")
         self.board, self.isp = board, BoardIsp(board, self.keys)
+        self._save()
         self.probe.port.attach(board, core)
         self.uart.bytes_since_insert = 0
         self._inserted_at = self._last_traffic = anyio.current_time()
@@ -182,6 +222,25 @@ class Station:
         self.done.append(self.board.uid_text)
         self.board = self.isp = None
         self.probe.port.attach(None, None)
+        self._save()
+
+    def put_aside(self) -> None:
+        """The operator takes the board out mid-sequence and puts it at the bottom of the pile
+        (it comes back after the others); the next board goes in."""
+        if self.board is None:
+            return
+        board = self.board
+        board.event("operator", "put aside", f"booted {board.booted}")
+        self.state.flush()
+        self.board = self.isp = None
+        self.probe.port.attach(None, None)
+        self.queue.append(board)
+        self.insert(self.queue.popleft())
+
+    def power_cut(self) -> None:
+        """A brown-out: the board loses power and comes back through its ROM (a reset)."""
+        if self.board is not None:
+            self.board.reset("brown-out (power cut)")
 
     async def run_operator(self) -> None:
         async with httpx.AsyncClient(timeout=2) as client:  # one per station, for the daemon's API

@@ -51,7 +51,6 @@ from orchestrator.steps import StepClass, checked
 from orchestrator.uart import UartLink, UartPort
 
 T = TypeVar("T")
-ERASED = 0xFFFFFFFF
 LOCK_READS = 3
 """Reads of the debug port that must all go unanswered before a board is taken for locked."""
 SWD_SILENT = "debug port silent while CONFIG0 is not locked: check SWD"
@@ -563,7 +562,7 @@ class StationRunner:
             except ProtocolError:
                 # A record cut off by a crash while it was written: every word either the cloud's
                 # record or blank is completed; anything else is not ours.
-                if any(int(w) not in (want, ERASED) for w, want in zip(words, wanted, strict=True)):
+                if any(int(w) not in (want, otp.ERASED) for w, want in zip(words, wanted, strict=True)):
                     raise Quarantine(
                         "the board holds a damaged OBJ_ID record that is not this line's"
                     ) from None

@@ -77,16 +77,24 @@ class UartLink:
     async def _packet(self) -> bytes:
         assert self._reader is not None  # noqa: S101  # used inside the context manager only
         while True:
-            data = await self._reader.read(64)
+            try:
+                data = await self._reader.read(64)
+            except OSError as error:  # the device went away (a USB adapter pulled, a pty closed)
+                raise SessionLost(f"{self.device}: {error}") from None
+            if not data:
+                raise SessionLost(f"{self.device}: the device closed")
             self._count("rx", len(data))
             packets = self._assembler.feed(data)
             if packets:
                 return packets[-1]
 
     async def _write(self, raw: bytes) -> None:
-        self._writer.write(raw)
+        try:
+            self._writer.write(raw)
+            await self._writer.drain()
+        except OSError as error:
+            raise SessionLost(f"{self.device}: {error}") from None
         self._count("tx", len(raw))
-        await self._writer.drain()
 
     async def send(self, session: HostSession, request: Request) -> Reply | None:
         """``request`` in ``session``: its answer, or None for a request nothing answers (the

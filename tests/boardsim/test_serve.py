@@ -172,3 +172,52 @@ def test_ctl_changes_faults_of_a_running_serve(two_stations: Served) -> None:
     refused = ctl('{"op": "jump", "station": "station-01"}')
     assert refused.returncode == 1
     assert "unknown op" in refused.stdout
+
+
+def test_a_killed_serve_restarted_puts_its_boards_back(tmp_path: Path) -> None:
+    """SIGKILL of the simulator is a power cut of its fixtures: restarted on the same state folder,
+    each station gets the board it held back (from its folder, history kept) and its pile."""
+    served = start(tmp_path, "--stations", "1", "--boards-per-station", "2", "--handling-delay", "0.1")
+
+    def ctl(request: str) -> dict[str, object]:
+        result = subprocess.run(
+            [venv_tool("boardsim"), "ctl", "--state-dir", str(served.state), request],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        answer: dict[str, object] = json.loads(result.stdout)
+        return answer
+
+    def station() -> dict[str, object]:
+        stations = ctl('{"op": "status"}')["stations"]
+        assert isinstance(stations, dict)
+        return dict(stations["station-01"])
+
+    def until(condition: object) -> dict[str, object]:
+        deadline = time.monotonic() + 60
+        while True:
+            now = station()
+            if callable(condition) and condition(now):
+                return now
+            assert time.monotonic() < deadline, now
+            time.sleep(0.1)
+
+    first = until(lambda s: s["board"] is not None)["board"]
+    ctl('{"op": "put-aside", "station": "station-01"}')
+    second = until(lambda s: s["board"] not in (None, first))["board"]
+    ctl('{"op": "power-cut", "station": "station-01"}')
+    served.process.send_signal(signal.SIGKILL)
+    served.process.wait(timeout=30)
+    (served.state / "serve.json").unlink()
+    served = start(tmp_path, "--stations", "1", "--handling-delay", "0.1")
+    try:
+        back = until(lambda s: s["board"] is not None)
+        assert back["board"] == second
+        assert back["queued"] == 1  # the board put aside still waits its turn
+        (state,) = [s for s in served.board_states() if s["uid"] == second]
+        events = state["events"]
+        assert isinstance(events, list)
+        causes = [event.get("cause") for event in events]
+        assert "brown-out (power cut)" in causes  # its history from before the kill
+        assert causes[-1] == "inserted (power on)"
+    finally:
+        stop(served)
