@@ -34,6 +34,32 @@ ROLE: web.RequestKey[str] = web.RequestKey("role", str)
 log = structlog.get_logger("cloudserver")
 _UID = re.compile(r"^[0-9A-F]{24}$")
 _JOB = re.compile(api.JOB_ID)
+MAX_DEPTH = 16
+"""Nesting a request body may have: the API's own bodies need 3."""
+
+
+def _depth(raw: bytes) -> int:
+    """How deep ``raw``'s arrays and objects nest, counted without parsing (brackets outside strings)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:  # most bodies: a few brackets in all
+        return 0
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in b"]}":
+            depth -= 1
+    return deepest
 
 
 def server_context(certificate: Path, key: Path, client_ca: Path) -> ssl.SSLContext:
@@ -113,6 +139,8 @@ async def _body(request: web.Request, model: type[M]) -> M:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise Refused(413, "too large", "the request body is larger than the server takes") from None
+    if _depth(raw) > MAX_DEPTH:
+        raise Refused(400, "malformed JSON", f"the request body nests deeper than {MAX_DEPTH} levels")
     try:
         data = json.loads(raw or b"null")
     except ValueError:

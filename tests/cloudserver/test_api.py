@@ -203,6 +203,26 @@ def test_bad_input_gets_problem_json_naming_the_field(cloud: Cloud) -> None:
         assert wrong.status_code == 404
 
 
+def test_deeply_nested_or_oversized_json_is_refused_never_a_500(cloud: Cloud) -> None:
+    pki = cloud.data / "pki"
+    context = client_context(pki / "station-01.crt", pki / "station-01.key", pki / "ca.crt")
+    nested = b'{"obj_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    paths = (
+        "/v1/devices",
+        f"/v1/jobs/job-{'0' * 12}/devices/{uid(1)}/bootloader",
+        f"/v1/jobs/job-{'0' * 12}/devices/{uid(1)}/results",
+    )
+    with httpx.Client(base_url=cloud.url, verify=context, timeout=60) as http:
+        for path in paths:
+            answer = http.post(path, content=nested)
+            assert answer.status_code == 400, (path, answer.text)
+            assert "nests deeper" in answer.json()["detail"]
+        brackets = http.post(paths[0], content=b'{"uid": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}')
+        assert brackets.status_code == 422  # brackets inside a string are no nesting
+        huge = http.post(paths[0], content=b'{"uid": "' + b"0" * (4 << 20) + b'"}')
+        assert huge.status_code == 413
+
+
 def test_results_and_device_history(cloud: Cloud) -> None:
     async def scenario() -> dict[str, Any]:
         job_id = await new_job(cloud)
