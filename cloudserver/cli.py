@@ -158,14 +158,21 @@ def audit_command(args: argparse.Namespace) -> int:
     from cloudserver.server import open_service  # noqa: PLC0415
     from cloudserver.settings import load  # noqa: PLC0415
 
-    async def rows() -> list[dict[str, Any]]:
+    async def read() -> Any:
         service = await open_service(load(args.data), args.data)
         try:
-            return await service.audit_rows()
+            return await (service.verify_audit() if args.action == "verify" else service.audit_rows())
         finally:
             await service.engine.dispose()
 
-    for row in anyio.run(rows):
+    if args.action == "verify":
+        count, head, broken = anyio.run(read)
+        if broken is not None:
+            print(f"cloudserver: audit log {args.data}: {broken} (the {count} rows before it hold)")
+            return 1
+        print(f"ok: {count} rows chained; the last row's hash is {head}")
+        return 0
+    for row in anyio.run(read):
         print(
             json.dumps(row)
             if args.json
@@ -209,7 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_argument("--url")
     sub.add_argument("uid")
     sub.set_defaults(handler=device_command)
-    cmd = commands.add_parser("audit", help="print the audit log")
+    cmd = commands.add_parser("audit", help="print the audit log, or verify its hash chain")
+    cmd.add_argument("action", nargs="?", choices=("show", "verify"), default="show")
     cmd.add_argument("--data", type=Path, required=True)
     cmd.add_argument("--json", action="store_true", help="one JSON object per line")
     cmd.set_defaults(handler=audit_command)

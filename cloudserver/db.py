@@ -9,6 +9,8 @@ purpose, job), one quota slot per (job, UID). Migrations are numbered steps reco
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import (
@@ -20,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    inspect,
     select,
     text,
 )
@@ -103,7 +106,9 @@ class Result(Base):
 
 
 class AuditRow(Base):
-    """Append-only: the server never updates or deletes a row (a trigger refuses it on SQLite)."""
+    """Append-only: the server never updates or deletes a row (a trigger refuses it on SQLite),
+    and each row's ``hash`` chains it to the one before (:func:`chain`), so a row changed or
+    removed behind the server's back shows (``cloudserver audit verify``)."""
 
     __tablename__ = "audit"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -114,21 +119,51 @@ class AuditRow(Base):
     uid: Mapped[str | None] = mapped_column(String(24), nullable=True)
     job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     detail: Mapped[str] = mapped_column(Text, default="")
+    hash: Mapped[str] = mapped_column(String(64), default="")
+
+
+def chain(before: str, row: AuditRow) -> str:
+    """SHA-256 (hex) of the hash of the row before and this row's fields, canonically."""
+    moment = row.time if row.time.tzinfo is None else row.time.astimezone(datetime.UTC).replace(tzinfo=None)
+    fields = [moment.isoformat(), row.subject, row.action, row.outcome, row.uid, row.job_id, row.detail]
+    return hashlib.sha256(f"{before}\n{json.dumps(fields)}".encode()).hexdigest()
 
 
 async def _v1(connection: AsyncConnection) -> None:
-    await connection.run_sync(Base.metadata.create_all)
+    await connection.run_sync(Base.metadata.create_all)  # a new database: the chain's column too
     if connection.dialect.name == "sqlite":
-        for verb in ("UPDATE", "DELETE"):
-            await connection.execute(
-                text(
-                    f"CREATE TRIGGER audit_no_{verb.lower()} BEFORE {verb} ON audit "
-                    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
-                )
+        await _append_only(connection)
+
+
+async def _v2(connection: AsyncConnection) -> None:
+    """The audit hash chain: a column, filled for the rows already there (the SQLite triggers
+    step aside for it)."""
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        for verb in ("update", "delete"):
+            await connection.execute(text(f"DROP TRIGGER IF EXISTS audit_no_{verb}"))
+    columns = await connection.run_sync(lambda sync: [c["name"] for c in inspect(sync).get_columns("audit")])
+    if "hash" not in columns:  # a database made before the chain
+        await connection.execute(text("ALTER TABLE audit ADD COLUMN hash VARCHAR(64) NOT NULL DEFAULT ''"))
+    before = ""
+    for row in (await connection.execute(select(AuditRow).order_by(AuditRow.id))).all():
+        before = chain(before, row)  # type: ignore[arg-type]  # a Row with the same fields
+        await connection.execute(text("UPDATE audit SET hash = :h WHERE id = :i"), {"h": before, "i": row.id})
+    if sqlite:
+        await _append_only(connection)
+
+
+async def _append_only(connection: AsyncConnection) -> None:
+    for verb in ("UPDATE", "DELETE"):
+        await connection.execute(
+            text(
+                f"CREATE TRIGGER audit_no_{verb.lower()} BEFORE {verb} ON audit "
+                "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
             )
+        )
 
 
-MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [_v1]
+MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [_v1, _v2]
 
 
 async def migrate(engine: AsyncEngine) -> int:

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from cloudserver.db import AuditRow, Device, DeviceKey, Job, JobDevice, Result, SignedImage, now
+from cloudserver.db import AuditRow, Device, DeviceKey, Job, JobDevice, Result, SignedImage, chain, now
 from cloudserver.keystore import KeyStore
 from nuwire import mcuboot
 from nuwire.keys import public_key_from_raw
@@ -65,7 +65,7 @@ class Service:
     # -- audit ------------------------------------------------------------------------------------
 
     @staticmethod
-    def _audit(
+    async def _audit(
         session: AsyncSession,
         subject: str,
         action: str,
@@ -75,23 +75,19 @@ class Service:
         detail: str = "",
         outcome: str = "ok",
     ) -> None:
-        session.add(
-            AuditRow(
-                time=now(),
-                subject=subject,
-                action=action,
-                outcome=outcome,
-                uid=uid,
-                job_id=job_id,
-                detail=detail,
-            )
+        """One audit row, chained to the last (every caller holds ``_lock``: one chain, no fork)."""
+        last = await session.scalar(select(AuditRow.hash).order_by(AuditRow.id.desc()).limit(1))
+        row = AuditRow(
+            time=now(), subject=subject, action=action, outcome=outcome, uid=uid, job_id=job_id, detail=detail
         )
+        row.hash = chain(last or "", row)
+        session.add(row)
 
     async def refusal(
         self, subject: str, action: str, refused: Refused, uid: str | None = None, job_id: str | None = None
     ) -> None:
-        async with self._sessions.begin() as session:
-            self._audit(
+        async with self._lock, self._sessions.begin() as session:
+            await self._audit(
                 session,
                 subject,
                 "refuse",
@@ -118,10 +114,22 @@ class Service:
                 for r in rows
             ]
 
+    async def verify_audit(self) -> tuple[int, str, str | None]:
+        """(rows, the last row's hash, the first broken link or None): each row's hash recomputed
+        from the one before; a row changed, inserted or removed behind the server's back breaks it."""
+        before, count = "", 0
+        async with self._sessions() as session:
+            for row in (await session.execute(select(AuditRow).order_by(AuditRow.id))).scalars():
+                expected = chain(before, row)
+                if row.hash != expected:
+                    return count, before, f"row {row.id}: its hash does not follow the row before it"
+                before, count = expected, count + 1
+        return count, before, None
+
     async def maintenance(self, subject: str, seconds: int) -> None:
         """Provisioning answers 503 with Retry-After for ``seconds`` (0 ends it)."""
-        async with self._sessions.begin() as session:
-            self._audit(session, subject, "maintenance", detail=f"{seconds} s")
+        async with self._lock, self._sessions.begin() as session:
+            await self._audit(session, subject, "maintenance", detail=f"{seconds} s")
         self.unavailable_until = time.monotonic() + seconds
 
     # -- devices ---------------------------------------------------------------------------------
@@ -133,7 +141,7 @@ class Service:
             if device is None:
                 device = Device(uid=uid, obj_id=secrets.token_hex(16), created=now())
                 session.add(device)
-            self._audit(session, subject, "register", uid=uid, detail="new" if created else "repeat")
+            await self._audit(session, subject, "register", uid=uid, detail="new" if created else "repeat")
         return {"uid": device.uid, "obj_id": device.obj_id, "created": device.created.isoformat()}
 
     async def device(self, uid: str) -> dict[str, Any]:
@@ -209,7 +217,9 @@ class Service:
         )
         async with self._lock, self._sessions.begin() as session:
             session.add(job)
-            self._audit(session, subject, "job_create", job_id=job.id, detail=f"quantity {spec.quantity}")
+            await self._audit(
+                session, subject, "job_create", job_id=job.id, detail=f"quantity {spec.quantity}"
+            )
         return await self.job(job.id)
 
     async def jobs(self) -> list[dict[str, Any]]:
@@ -249,7 +259,7 @@ class Service:
             if job is None:
                 raise Refused(404, "unknown job", f"job {job_id} does not exist", "job_id")
             job.state = "closed"
-            self._audit(session, subject, "job_close", job_id=job_id)
+            await self._audit(session, subject, "job_close", job_id=job_id)
         return await self.job(job_id)
 
     @staticmethod
@@ -300,7 +310,7 @@ class Service:
                 created=now(),
             )
             session.add(key)
-            self._audit(session, subject, "key_create", uid=uid, job_id=job.id, detail=purpose)
+            await self._audit(session, subject, "key_create", uid=uid, job_id=job.id, detail=purpose)
         return key
 
     async def _image(
@@ -341,7 +351,7 @@ class Service:
             created=now(),
         )
         session.add(signed)
-        self._audit(
+        await self._audit(
             session,
             subject,
             "sign",
@@ -369,7 +379,7 @@ class Service:
                     if with_image:
                         signed = await self._image(session, subject, job, key, purpose)
                         answer.update(image=signed.image, sha256=signed.sha256)
-                        self._audit(
+                        await self._audit(
                             session,
                             subject,
                             "image_fetch",
@@ -378,7 +388,9 @@ class Service:
                             detail=f"{purpose} sha256 {signed.sha256}",
                         )
                     else:
-                        self._audit(session, subject, "key_fetch", uid=uid, job_id=job_id, detail=purpose)
+                        await self._audit(
+                            session, subject, "key_fetch", uid=uid, job_id=job_id, detail=purpose
+                        )
                 return answer
             except IntegrityError:
                 if attempt:  # another replica won the race twice: give up with a retryable error
@@ -429,7 +441,7 @@ class Service:
                         created=now(),
                     )
                 )
-            self._audit(
+            await self._audit(
                 session,
                 subject,
                 "result",

@@ -311,6 +311,43 @@ def test_the_audit_log_is_append_only(cloud: Cloud) -> None:
     connection.close()
 
 
+def test_audit_verify_finds_an_update_and_a_delete_done_behind_the_servers_back(cloud: Cloud) -> None:
+    import sqlite3  # noqa: PLC0415
+
+    async def scenario() -> None:
+        async with cloud.client() as station:
+            for n in range(4, 8):
+                await station.register(uid(n))
+
+    anyio.run(scenario)
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [venv_tool("cloudserver"), "audit", "verify", "--data", str(cloud.data)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
+    held = verify()
+    assert held.returncode == 0, held.stdout + held.stderr
+    assert held.stdout.startswith("ok: 4 rows chained")
+    with sqlite3.connect(cloud.data / "cloud.db") as db:  # someone with the file, past the triggers
+        db.execute("DROP TRIGGER audit_no_update")
+        db.execute("DROP TRIGGER audit_no_delete")
+        ids = [row[0] for row in db.execute("SELECT id FROM audit ORDER BY id")]
+        db.execute("UPDATE audit SET detail = 'repeat' WHERE id = ?", (ids[1],))
+    edited = verify()
+    assert edited.returncode == 1
+    assert f"row {ids[1]}:" in edited.stdout
+    with sqlite3.connect(cloud.data / "cloud.db") as db:
+        db.execute("UPDATE audit SET detail = 'new' WHERE id = ?", (ids[1],))  # put back as it was
+        db.commit()
+        assert verify().returncode == 0
+        db.execute("DELETE FROM audit WHERE id = ?", (ids[2],))
+    removed = verify()
+    assert removed.returncode == 1
+    assert f"row {ids[3]}:" in removed.stdout  # the row after the one removed no longer follows
+
+
 def test_client_retries_then_reports_unavailable(tmp_path: Path) -> None:
     from cloudserver.client import CloudUnavailable  # noqa: PLC0415
 
@@ -354,3 +391,38 @@ def test_no_audit_row_means_no_action(cloud: Cloud) -> None:
     anyio.run(scenario)
     assert connection.execute("SELECT COUNT(*) FROM devices").fetchone() == (0,)
     connection.close()
+
+
+def test_a_database_from_before_the_chain_is_chained_by_its_migration(tmp_path: Path) -> None:
+    import sqlite3  # noqa: PLC0415
+
+    from cloudserver.db import engine_for, migrate  # noqa: PLC0415
+    from cloudserver.keystore import FileKeyStore  # noqa: PLC0415
+    from cloudserver.service import Service  # noqa: PLC0415
+    from nuwire.profiles import M2354  # noqa: PLC0415
+
+    path = tmp_path / "old.db"
+
+    async def scenario() -> tuple[int, int, str | None]:
+        engine = engine_for(f"sqlite+aiosqlite:///{path}")
+        await migrate(engine)
+        await engine.dispose()
+        with sqlite3.connect(path) as db:  # as schema version 1 left it: rows, no chain
+            db.execute("ALTER TABLE audit DROP COLUMN hash")
+            db.execute("DELETE FROM schema_version WHERE version > 1")
+            for n in range(3):
+                db.execute(
+                    "INSERT INTO audit (time, subject, action, outcome, detail)"
+                    " VALUES (?, 'CN=x', 'register', 'ok', ?)",
+                    (f"2026-01-0{n + 1} 00:00:00", str(n)),
+                )
+        engine = engine_for(f"sqlite+aiosqlite:///{path}")
+        version = await migrate(engine)
+        service = Service(engine, FileKeyStore(os.urandom(32)), M2354)
+        count, _, broken = await service.verify_audit()
+        await engine.dispose()
+        return version, count, broken
+
+    assert anyio.run(scenario) == (2, 3, None)
+    with sqlite3.connect(path) as db, pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.execute("DELETE FROM audit")
