@@ -90,11 +90,13 @@ async def mutual_tls(request: web.Request, handler: Handler) -> web.StreamRespon
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if not der:
         return problem(Refused(401, "client certificate required", "connect with a client certificate"))
-    subject, role = identity(der)
+    subject, role, serial = identity(der)
     request[SUBJECT], request[ROLE] = subject, role
     service = request.app[SERVICE]
     headers: dict[str, str] = {}
     try:
+        if await service.is_revoked(serial):
+            raise Refused(403, "revoked", f"certificate {subject} (serial {serial}) is revoked")
         if not role:
             raise Refused(403, "no role", f"certificate {subject} names neither admin nor station in its OU")
         remaining = service.unavailable_until - time.monotonic()

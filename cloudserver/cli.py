@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -182,6 +183,49 @@ def audit_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def cert_command(args: argparse.Namespace) -> int:
+    """``cert revoke``: by serial, or by a certificate file (its serial and subject)."""
+    from cryptography import x509  # noqa: PLC0415
+
+    from cloudserver.pki import serial_text  # noqa: PLC0415
+    from cloudserver.server import open_service  # noqa: PLC0415
+    from cloudserver.settings import load  # noqa: PLC0415
+
+    target, subject = args.serial, ""
+    if Path(target).is_file():
+        certificate = x509.load_pem_x509_certificate(Path(target).read_bytes())
+        target, subject = certificate.serial_number, certificate.subject.rfc4514_string()
+    try:
+        serial = serial_text(target)
+    except ValueError:
+        print(
+            f"cloudserver: error: {args.serial!r} is neither a hex serial nor a certificate file",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def revoke() -> bool:
+        service = await open_service(load(args.data), args.data)
+        try:
+            return await service.revoke(f"cli:{getpass.getuser()}", serial, subject, args.reason)
+        finally:
+            await service.engine.dispose()
+
+    fresh = anyio.run(revoke)
+    print(f"{'revoked' if fresh else 'already revoked'}: serial {serial} {subject}".rstrip())
+    return 0
+
+
+def _cert_commands(commands: Any) -> None:
+    cmd = commands.add_parser("cert", help="revoke a client certificate (refused on its next request)")
+    certs = cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub = certs.add_parser("revoke")
+    sub.add_argument("--data", type=Path, required=True)
+    sub.add_argument("--reason", default="")
+    sub.add_argument("serial", help="hex serial (openssl x509 -serial), or the certificate's PEM file")
+    sub.set_defaults(handler=cert_command)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     top, commands = parser("cloudserver", "The provisioning cloud server.")
     cmd = commands.add_parser("init", help="create DATA: development PKI, settings.json, master key")
@@ -221,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--data", type=Path, required=True)
     cmd.add_argument("--json", action="store_true", help="one JSON object per line")
     cmd.set_defaults(handler=audit_command)
+    _cert_commands(commands)
     cmd = commands.add_parser("keygen", help="write a new P-256 development signing key (PEM)")
     cmd.add_argument("out", type=Path)
     cmd.set_defaults(handler=keygen)

@@ -122,6 +122,17 @@ class AuditRow(Base):
     hash: Mapped[str] = mapped_column(String(64), default="")
 
 
+class Revoked(Base):
+    """A client certificate the cloud no longer takes (``cloudserver cert revoke``), by serial."""
+
+    __tablename__ = "revoked"
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)
+    """Upper-case hex, no separators, as ``openssl x509 -serial`` prints it."""
+    subject: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    revoked: Mapped[datetime.datetime]
+
+
 def chain(before: str, row: AuditRow) -> str:
     """SHA-256 (hex) of the hash of the row before and this row's fields, canonically."""
     moment = row.time if row.time.tzinfo is None else row.time.astimezone(datetime.UTC).replace(tzinfo=None)
@@ -163,7 +174,12 @@ async def _append_only(connection: AsyncConnection) -> None:
         )
 
 
-MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [_v1, _v2]
+async def _v3(connection: AsyncConnection) -> None:
+    """Certificate revocation."""
+    await connection.run_sync(lambda sync: Base.metadata.tables["revoked"].create(sync, checkfirst=True))
+
+
+MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [_v1, _v2, _v3]
 
 
 async def migrate(engine: AsyncEngine) -> int:
@@ -201,6 +217,7 @@ __all__ = [
     "Job",
     "JobDevice",
     "Result",
+    "Revoked",
     "SignedImage",
     "engine_for",
     "migrate",

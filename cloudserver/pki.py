@@ -107,9 +107,20 @@ def init_pki(folder: Path, stations: int) -> list[Path]:
     return written
 
 
-def identity(der: bytes) -> tuple[str, str]:
-    """(subject, role) of a verified client certificate; role is '' when the OU names none."""
+def identity(der: bytes) -> tuple[str, str, str]:
+    """(subject, role, serial) of a verified client certificate; role is '' when the OU names
+    none; serial as :func:`serial_text` writes it."""
     certificate = x509.load_der_x509_certificate(der)
     units = certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
     role = str(units[0].value) if units else ""
-    return certificate.subject.rfc4514_string(), role if role in ROLES else ""
+    subject = certificate.subject.rfc4514_string()
+    return subject, role if role in ROLES else "", serial_text(certificate.serial_number)
+
+
+def serial_text(serial: int | str) -> str:
+    """A certificate serial as upper-case hex without separators (``openssl x509 -serial``); a
+    string may be hex with or without ``0x``, colons or spaces."""
+    if isinstance(serial, str):
+        cleaned = serial.strip().removeprefix("serial=").replace(":", "").replace(" ", "")
+        serial = int(cleaned, 16)
+    return f"{serial:X}"

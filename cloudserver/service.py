@@ -22,7 +22,18 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from cloudserver.db import AuditRow, Device, DeviceKey, Job, JobDevice, Result, SignedImage, chain, now
+from cloudserver.db import (
+    AuditRow,
+    Device,
+    DeviceKey,
+    Job,
+    JobDevice,
+    Result,
+    Revoked,
+    SignedImage,
+    chain,
+    now,
+)
 from cloudserver.keystore import KeyStore
 from nuwire import mcuboot
 from nuwire.keys import public_key_from_raw
@@ -125,6 +136,25 @@ class Service:
                     return count, before, f"row {row.id}: its hash does not follow the row before it"
                 before, count = expected, count + 1
         return count, before, None
+
+    # -- certificates ----------------------------------------------------------------------------
+
+    async def is_revoked(self, serial: str) -> bool:
+        """Read on every request (an indexed lookup), so a revocation holds at once on every replica."""
+        async with self._sessions() as session:
+            return await session.get(Revoked, serial) is not None
+
+    async def revoke(self, subject: str, serial: str, revoked_subject: str = "", reason: str = "") -> bool:
+        """Revoke the certificate ``serial`` (by ``subject``, the person or tool); False when it
+        was revoked already."""
+        async with self._lock, self._sessions.begin() as session:
+            if await session.get(Revoked, serial) is not None:
+                return False
+            session.add(Revoked(serial=serial, subject=revoked_subject, reason=reason, revoked=now()))
+            await self._audit(
+                session, subject, "cert_revoke", detail=f"serial {serial} {revoked_subject} {reason}"
+            )
+        return True
 
     async def maintenance(self, subject: str, seconds: int) -> None:
         """Provisioning answers 503 with Retry-After for ``seconds`` (0 ends it)."""

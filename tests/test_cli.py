@@ -20,7 +20,7 @@ from tests.conftest import venv_tool
     ("script", "subcommands"),
     [
         ("orchestrator", ["image-info", "otp-words"]),
-        ("cloudserver", ["keygen", "sign"]),
+        ("cloudserver", ["keygen", "sign", "cert", "audit"]),
         ("boardsim", ["profile"]),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import subprocess
@@ -17,7 +18,7 @@ from cloudserver.client import CloudClient, CloudRefused, QuotaExceeded, client_
 from nuwire import mcuboot
 from nuwire.keys import key_hash, public_key_from_raw
 from tests.cloudserver.conftest import Cloud, foreign_pki
-from tests.conftest import venv_tool
+from tests.conftest import system_tool, venv_tool
 
 BOOT = os.urandom(6000)
 APP = os.urandom(9000)
@@ -346,6 +347,43 @@ def test_audit_verify_finds_an_update_and_a_delete_done_behind_the_servers_back(
     removed = verify()
     assert removed.returncode == 1
     assert f"row {ids[3]}:" in removed.stdout  # the row after the one removed no longer follows
+
+
+def test_a_revoked_certificate_is_refused_on_its_next_request(cloud: Cloud) -> None:
+    pki = cloud.data / "pki"
+    printed = subprocess.run(
+        [system_tool("openssl", "openssl"), "x509", "-in", str(pki / "station-02.crt"), "-noout", "-serial"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+    def revoke(what: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [venv_tool("cloudserver"), "cert", "revoke", "--data", str(cloud.data), "--reason", "lost", what],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
+    async def register(who: str) -> None:
+        async with cloud.client(who, attempts=1) as station:
+            await station.register(uid(9))
+
+    anyio.run(register, "station-02")  # served before
+    done = revoke(printed.strip())  # "serial=..." as openssl prints it
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("revoked: serial")
+    assert revoke(str(pki / "station-02.crt")).stdout.startswith("already revoked")
+    with pytest.raises(CloudRefused) as refused:
+        anyio.run(register, "station-02")
+    assert refused.value.status == 403
+    assert "revoked" in str(refused.value)
+    anyio.run(register, "station-01")  # the others go on
+    assert revoke("not-hex").returncode == 2
+    audit = subprocess.run(
+        [venv_tool("cloudserver"), "audit", "--data", str(cloud.data), "--json"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    actions = [json.loads(line)["action"] for line in audit.splitlines()]
+    assert actions.count("cert_revoke") == 1
+    assert actions[-2:] == ["refuse", "register"]
 
 
 def test_client_retries_then_reports_unavailable(tmp_path: Path) -> None:
