@@ -226,7 +226,8 @@ class Station:
 
     def put_aside(self) -> None:
         """The operator takes the board out mid-sequence and puts it at the bottom of the pile
-        (it comes back after the others); the next board goes in."""
+        (it comes back after the others); the next board goes in after ``handling_delay_s``, as
+        a hand takes that long (the probe sees an empty fixture in between)."""
         if self.board is None:
             return
         board = self.board
@@ -235,7 +236,7 @@ class Station:
         self.board = self.isp = None
         self.probe.port.attach(None, None)
         self.queue.append(board)
-        self.insert(self.queue.popleft())
+        self._save()
 
     def power_cut(self) -> None:
         """A brown-out: the board loses power and comes back through its ROM (a reset)."""

@@ -36,6 +36,10 @@ from orchestrator.report import LineTotals
 from orchestrator.station import StationRunner, send_result
 from orchestrator.steps import BY_NUMBER
 
+STOP_TIMEOUT_S = 120.0
+"""How long a stopping station may take to reach its safe point (a UART group runs to its end):
+under the unit's TimeoutStopSec=180. Past it the station's task is cancelled mid-step, which is
+safe too (the journal has the board open; shielded OTP writes finish first)."""
 log = structlog.get_logger("orchestrator")
 
 
@@ -55,7 +59,7 @@ class Line:
         self._profile = profile(config.target_profile)
         self.stations: dict[str, tuple[Station, StationRunner, anyio.CancelScope]] = {}
         self._on_done: Any = lambda: None
-        self._stop_timeout_s = 30.0
+        self._stop_timeout_s = STOP_TIMEOUT_S
         self._reload_lock = anyio.Lock()
         self._leaving: dict[str, anyio.Event] = {}  # stations stopping after a reload: shown until parked
         self.boards_done = 0  # since the daemon started; numbers the event stream's board events
@@ -164,7 +168,7 @@ class Line:
         self,
         *,
         until: int | None = None,
-        stop_timeout_s: float = 30.0,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
         when_done: Callable[[], None] | None = None,
         hold: bool = False,
     ) -> None:

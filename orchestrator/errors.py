@@ -6,7 +6,7 @@
      │    ├── Quarantine       the board holds what it should not (a value read twice): a person decides
      │    ├── Swapped          the board in the fixture is not the one being provisioned: touch nothing
      │    └── Parked           the station stops: the board waits at a safe point, its journal open
-     ├── PortFailure           a port failed; the step retries it unless ``retryable`` says no
+     ├── PortFailure           a port failed: retried unless ``retryable`` says no; ``gone``: the board waits
      │    ├── ProbeFailure     the probe worker (``kind``: probe, transfer, timeout, not_detected, failed)
      │    ├── UartFailure      the ISP UART
      │    │    ├── SessionLost no valid answer, or SecureISP ended: only nRESET brings it back
@@ -71,9 +71,17 @@ class Parked(BoardStop):
 
 
 class PortFailure(ProvisioningError):
-    """A port (probe, UART, cloud) failed; retryable unless it says otherwise."""
+    """A port (probe, UART, cloud) failed; retryable unless it says otherwise. ``gone``: the port
+    itself is away (the probe unplugged, the UART device missing, the cloud unreachable), which
+    says nothing about the board: when the step's retries run out the board is not failed but
+    waits, its journal open, while the station shows ``blocked`` until the port is back."""
 
     retryable = True
+    gone = False
+
+    def __init__(self, reason: str, *, retryable: bool | None = None, gone: bool = False) -> None:
+        super().__init__(reason, retryable=retryable)
+        self.gone = gone
 
 
 class ProbeFailure(PortFailure):
@@ -81,7 +89,9 @@ class ProbeFailure(PortFailure):
     (the debug port answers nothing: maybe locked) or failed."""
 
     def __init__(self, kind: str, message: str) -> None:
-        super().__init__(f"{kind}: {message}", retryable=kind in ("probe", "transfer", "timeout"))
+        super().__init__(
+            f"{kind}: {message}", retryable=kind in ("probe", "transfer", "timeout"), gone=kind == "probe"
+        )
         self.kind = kind
 
 
@@ -102,7 +112,7 @@ class CloudFailure(PortFailure):
     None when it did not answer (a timeout, a TLS handshake refused, a 5xx)."""
 
     def __init__(self, reason: str, *, retryable: bool, status: int | None = None) -> None:
-        super().__init__(reason, retryable=retryable)
+        super().__init__(reason, retryable=retryable, gone=retryable and (status is None or status >= 500))
         self.status = status
 
 

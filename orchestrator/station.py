@@ -337,8 +337,8 @@ class StationRunner:
         try:
             async with self.isp.link():
                 pass
-        except (OSError, ValueError) as error:  # pyserial's SerialException is an OSError
-            return f"UART {self.station.uart} does not open: {error}"
+        except UartFailure as failure:
+            return str(failure)
         try:
             await self.probe.uid()
         except ProbeFailure as failure:
@@ -455,9 +455,18 @@ class StationRunner:
         try:
             self.journal.save(board)
             await self._provision(board, uid, via)
-        except JournalFailure as failure:
-            # What follows a write that is not on disk could not be resumed: the board stays open
-            # where the journal last has it, the station blocks until the journal takes writes.
+        except anyio.get_cancelled_exc_class():
+            self.log.warning(
+                "board.parked",
+                uid=uid,
+                step=self.status.step,
+                reason="stopped mid-step at the stop's deadline",
+            )
+            raise
+        except (JournalFailure, PortFailure) as failure:
+            # What follows a write that is not on disk could not be resumed, and a port that is away
+            # (PortFailure.gone: only those reach here) says nothing about the board: it stays open
+            # where the journal last has it, the station blocks until preflight passes again.
             self.log.error("station.blocked", uid=uid, step=self.status.step, reason=str(failure))
             self._show(Event.BLOCKED, uid)
             self.status.last_error = str(failure)
@@ -473,13 +482,7 @@ class StationRunner:
         if open_intents:
             log.info("board.resume", open_intents=open_intents, via=via)
         try:
-            if via == "debug":
-                await self.debug_steps(board)
-            elif board.bootloader_key is None:
-                # Locked (seen), yet this line never burnt its key: not a board this line can finish.
-                raise Quarantine("the debug port is locked and the journal has no record of steps 1-6")
-            elif not self.journal.seen(uid, "lock-verified") and not await self._verify_lock(board):
-                raise Fatal("the board is found over SecureISP but its lock is not seen")
+            await self._to_step_7(board, via)
             board.application_key = (
                 await self.step(
                     board, 7, lambda: self.cloud.application_key(self.line.job_id, uid, self._obj(board))
@@ -501,6 +504,8 @@ class StationRunner:
         except Quarantine as quarantine:
             board.outcome, board.reason = "QUARANTINE", str(quarantine)
         except (Fatal, PortFailure, ProtocolError) as error:
+            if isinstance(error, PortFailure) and error.gone:
+                raise  # the station's port, not the board: provision() blocks, the board waits
             board.outcome, board.reason = "FAIL", str(error)[:300]
         if board.outcome != "PASS":
             board.failed_step = self.status.step
@@ -521,6 +526,16 @@ class StationRunner:
             reason=board.reason,
             duration_ms=round((time.monotonic() - started) * 1000),
         )
+
+    async def _to_step_7(self, board: Board, via: str) -> None:
+        """Steps 1-6 for a board found over SWD; for one found locked, the proof of its lock."""
+        if via == "debug":
+            await self.debug_steps(board)
+        elif board.bootloader_key is None:
+            # Locked (seen), yet this line never burnt its key: not a board this line can finish.
+            raise Quarantine("the debug port is locked and the journal has no record of steps 1-6")
+        elif not self.journal.seen(board.uid, "lock-verified") and not await self._verify_lock(board):
+            raise Fatal("the board is found over SecureISP but its lock is not seen")
 
     @staticmethod
     def _obj(board: Board) -> str:
@@ -570,9 +585,11 @@ class StationRunner:
             if on_board is None:
                 await self.probe.program_words(p.objid_record, wanted)
                 words = await self.probe.read_words(p.objid_record, RECORD_SIZE // 4)
-                if decode_obj_id_record(
-                    b"".join(int(w).to_bytes(4, "little") for w in words)
-                ) != parse_obj_id(obj_id):
+                try:
+                    back = decode_obj_id_record(b"".join(int(w).to_bytes(4, "little") for w in words))
+                except ProtocolError as error:  # cut off (a power cut, a board pulled): written again
+                    raise ProbeFailure("transfer", f"the OBJ_ID record did not read back: {error}") from None
+                if back != parse_obj_id(obj_id):
                     raise Quarantine("OBJ_ID record did not read back")
             elif on_board.hex() != obj_id:
                 raise Quarantine(f"the board carries OBJ_ID {on_board.hex()}, the cloud says {obj_id}")

@@ -23,7 +23,7 @@ from nuwire.secureisp.messages import Reply, Request
 from nuwire.secureisp.packet import PacketAssembler
 from nuwire.secureisp.session import HostSession
 from nuwire.secureisp.states import Phase
-from orchestrator.errors import SessionLost
+from orchestrator.errors import SessionLost, UartFailure
 
 RESYNC_ATTEMPTS = 5
 
@@ -64,9 +64,12 @@ class UartLink:
         return f"<UartLink {self.device} {self.baud} baud open={self._reader is not None}>"
 
     async def __aenter__(self) -> UartLink:
-        self._reader, self._writer = await serial_asyncio.open_serial_connection(
-            url=self.device, baudrate=self.baud
-        )
+        try:
+            self._reader, self._writer = await serial_asyncio.open_serial_connection(
+                url=self.device, baudrate=self.baud
+            )
+        except (OSError, ValueError) as error:  # pyserial's SerialException is an OSError
+            raise UartFailure(f"UART {self.device} does not open: {error}", gone=True) from None
         return self
 
     async def __aexit__(self, *_: object) -> None:

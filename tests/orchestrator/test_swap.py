@@ -281,6 +281,39 @@ def test_probe_unplugged_mid_flash_resumes_at_the_first_page_not_right(tmp_path:
     anyio.run(_line, tmp_path, scenario)
 
 
+def test_a_probe_gone_past_the_retries_leaves_the_board_waiting_not_failed(tmp_path: Path) -> None:
+    """A port that is away says nothing about the board: the station blocks, the board's journal
+    stays open, and once the probe is back the board resumes and passes."""
+
+    async def scenario(
+        runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
+    ) -> None:
+        probe = FakeProbe(fixture)
+        unplugged: list[str] = []
+        carry_out = probe.call
+
+        async def call(operation: str, *args: Any, limit_s: float, on_progress: Any = None) -> Any:
+            if operation == "flash" or unplugged:
+                unplugged.append(operation)
+                raise ProbeFailure("probe", "probe NULINK3 unplugged")
+            return await carry_out(operation, *args, limit_s=limit_s)
+
+        probe.call = call  # type: ignore[method-assign]
+        runner.probe = probe
+        runner.line.defaults.debug = StepClass(timeout_s=5, retry=Retry(attempts=2, backoff_s=0.1))
+        await runner.provision(old.uid_text, "debug")
+        assert journal.board(old.uid_text).outcome is None  # type: ignore[union-attr]  # waits
+        assert runner.status.state == "blocked"
+        assert "unplugged" in runner.status.last_error
+        assert old.otp_program_counts[:16] == [1] * 16  # step 3 was done, and is not done again
+        runner.probe = FakeProbe(fixture)  # plugged back
+        await runner.provision(old.uid_text, "debug")
+        assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
+        assert old.otp_program_counts[:24] == [1] * 24
+
+    anyio.run(_line, tmp_path, scenario)
+
+
 def test_a_probe_call_that_hangs_past_the_step_deadline_is_a_retry(tmp_path: Path) -> None:
     """The step's deadline (defaults.debug.timeout_s times the step's ``deadline``) ends an attempt
     whose port call never returns; the next attempt goes on."""
