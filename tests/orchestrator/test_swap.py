@@ -119,6 +119,20 @@ class FakeProbe(ProbeOperations):
         return None
 
 
+def faulty_probe(runner: StationRunner, fixture: Fixture, before: Any) -> None:
+    """Give ``runner`` a FakeProbe whose every call meets ``await before(operation, args,
+    carry_out)`` first, which may raise, hang, or carry out part of the call itself."""
+    probe = FakeProbe(fixture)
+    carry_out = probe.call
+
+    async def call(operation: str, *args: Any, limit_s: float, on_progress: Any = None) -> Any:
+        await before(operation, args, carry_out)
+        return await carry_out(operation, *args, limit_s=limit_s)
+
+    probe.call = call  # type: ignore[method-assign]
+    runner.probe = probe
+
+
 async def _line(tmp_path: Path, scenario: Any) -> None:
     data = tmp_path / "cloud"
     data.mkdir()
@@ -252,21 +266,17 @@ def test_probe_unplugged_mid_flash_resumes_at_the_first_page_not_right(tmp_path:
     async def scenario(
         runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
     ) -> None:
-        probe = FakeProbe(fixture)
         flashed: list[int] = []
-        flash = probe.call
 
-        async def call(operation: str, *args: Any, limit_s: float, on_progress: Any = None) -> Any:
+        async def unplug(operation: str, args: Any, carry_out: Any) -> None:
             if operation == "flash":
                 address, data = args
                 flashed.append(address)
                 if len(flashed) == 2:  # the second page: half of it, then the probe is gone
-                    await flash("flash", address, data[: len(data) // 2], limit_s=limit_s)
+                    await carry_out("flash", address, data[: len(data) // 2], limit_s=60)
                     raise ProbeFailure("probe", "probe NULINK3 unplugged")
-            return await flash(operation, *args, limit_s=limit_s)
 
-        probe.call = call  # type: ignore[method-assign]
-        runner.probe = probe
+        faulty_probe(runner, fixture, unplug)
         await runner.provision(old.uid_text, "debug")
         assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
         attempts = [
@@ -288,18 +298,14 @@ def test_a_probe_gone_past_the_retries_leaves_the_board_waiting_not_failed(tmp_p
     async def scenario(
         runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
     ) -> None:
-        probe = FakeProbe(fixture)
         unplugged: list[str] = []
-        carry_out = probe.call
 
-        async def call(operation: str, *args: Any, limit_s: float, on_progress: Any = None) -> Any:
+        async def unplug(operation: str, args: Any, carry_out: Any) -> None:
             if operation == "flash" or unplugged:
                 unplugged.append(operation)
                 raise ProbeFailure("probe", "probe NULINK3 unplugged")
-            return await carry_out(operation, *args, limit_s=limit_s)
 
-        probe.call = call  # type: ignore[method-assign]
-        runner.probe = probe
+        faulty_probe(runner, fixture, unplug)
         runner.line.defaults.debug = StepClass(timeout_s=5, retry=Retry(attempts=2, backoff_s=0.1))
         await runner.provision(old.uid_text, "debug")
         assert journal.board(old.uid_text).outcome is None  # type: ignore[union-attr]  # waits
@@ -321,18 +327,14 @@ def test_a_probe_call_that_hangs_past_the_step_deadline_is_a_retry(tmp_path: Pat
     async def scenario(
         runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
     ) -> None:
-        probe = FakeProbe(fixture)
         hung: list[bool] = []
-        carry_out = probe.call
 
-        async def call(operation: str, *args: Any, limit_s: float, on_progress: Any = None) -> Any:
+        async def hang(operation: str, args: Any, carry_out: Any) -> None:
             if operation == "read_otp" and not hung:  # step 3's first look at OTP never returns
                 hung.append(True)
                 await anyio.sleep_forever()
-            return await carry_out(operation, *args, limit_s=limit_s)
 
-        probe.call = call  # type: ignore[method-assign]
-        runner.probe = probe
+        faulty_probe(runner, fixture, hang)
         runner.line.defaults.debug = StepClass(timeout_s=1, retry=Retry(attempts=3, backoff_s=0.1))
         await runner.provision(old.uid_text, "debug")
         assert hung
