@@ -59,3 +59,54 @@ def test_init_serve_job_device_audit(tmp_path: Path) -> None:
     broken = cloudserver("serve", "--data", str(tmp_path / "nowhere"))
     assert broken.returncode == 2
     assert "settings.json" in broken.stderr
+
+
+def test_two_thousand_idle_connections_do_not_keep_a_station_out(tmp_path: Path) -> None:
+    """Started with systemd's default soft limit of 1024 open files, the server raises it; idle
+    TCP connections that never handshake are dropped at the handshake deadline; the log holds a
+    count, not a traceback per connection; a station's request is served all the while."""
+    import resource  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    import httpx  # noqa: PLC0415
+
+    from cloudserver.client import client_context  # noqa: PLC0415
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 8192:
+        import pytest  # noqa: PLC0415
+
+        pytest.skip(f"the hard limit on open files here is {hard}: too low for 2,000 connections")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))  # this test's own side
+    data = tmp_path / "cloud"
+    assert cloudserver("init", "--data", str(data), "--stations", "1", "--port", "0").returncode == 0
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(
+        [venv_tool("cloudserver"), "serve", "--data", str(data)], stdout=log, stderr=subprocess.STDOUT,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)),  # noqa: PLW1509
+    )  # fmt: skip
+    idle: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not (data / "serve.json").exists():
+            assert server.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        url = json.loads((data / "serve.json").read_text())["url"]
+        port = int(url.rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2000)]
+        pki = data / "pki"
+        context = client_context(pki / "station-01.crt", pki / "station-01.key", pki / "ca.crt")
+        with httpx.Client(base_url=url, verify=context, timeout=60) as http:
+            assert http.get("/v1/jobs").status_code == 200
+        idle[0].settimeout(120)
+        assert idle[0].recv(1) == b""  # dropped by the server at its handshake deadline
+    finally:
+        for connection in idle:
+            connection.close()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        log.close()
+    written = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in written
+    assert f'"open_files": {hard}' in written
