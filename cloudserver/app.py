@@ -80,6 +80,32 @@ def problem(refused: Refused, headers: dict[str, str] | None = None) -> web.Resp
     )
 
 
+class RateLimit:
+    """A token bucket per certificate subject: ``rate`` requests a second, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # subject -> (tokens, at)
+        self._said: dict[str, float] = {}
+
+    def wait_s(self, subject: str) -> float:
+        """0 when ``subject`` may make a request now (a token is taken), else the seconds until it may."""
+        now = time.monotonic()
+        tokens, at = self._buckets.get(subject, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        if tokens >= 1:
+            self._buckets[subject] = (tokens - 1, now)
+            return 0.0
+        self._buckets[subject] = (tokens, now)
+        if now - self._said.get(subject, -60.0) >= 60:  # once a minute per certificate
+            self._said[subject] = now
+            log.warning("rate.limited", subject=subject, rate_per_s=self.rate, burst=self.burst)
+        return (1 - tokens) / self.rate
+
+
+LIMIT: web.AppKey[RateLimit] = web.AppKey("limit", RateLimit)
+
+
 def _action(request: web.Request) -> str:
     return f"{request.method} {request.path}"
 
@@ -99,6 +125,10 @@ async def mutual_tls(request: web.Request, handler: Handler) -> web.StreamRespon
             raise Refused(403, "revoked", f"certificate {subject} (serial {serial}) is revoked")
         if not role:
             raise Refused(403, "no role", f"certificate {subject} names neither admin nor station in its OU")
+        wait = request.app[LIMIT].wait_s(subject) if role == "station" else 0.0
+        if wait > 0:  # answered, not audited: a flood must not become a flood of audit rows
+            headers["Retry-After"] = str(math.ceil(wait))
+            return problem(Refused(429, "too many requests", f"{subject}: retry in {wait:.1f} s"), headers)
         remaining = service.unavailable_until - time.monotonic()
         if remaining > 0 and request.path.startswith("/v1/jobs/") and "/devices/" in request.path:
             headers["Retry-After"] = str(math.ceil(remaining))
@@ -257,9 +287,10 @@ async def openapi_document(request: web.Request) -> web.Response:
     return _json(api.openapi())
 
 
-def application(service: Service) -> web.Application:
+def application(service: Service, limit: RateLimit | None = None) -> web.Application:
     app = web.Application(middlewares=[mutual_tls], client_max_size=3 * api.MAX_BODY)
     app[SERVICE] = service
+    app[LIMIT] = limit or RateLimit(20.0, 60)
     app.router.add_post("/v1/devices", register)
     app.router.add_get("/v1/devices/{uid}", show_device)
     app.router.add_post("/v1/jobs", create_job)

@@ -36,7 +36,13 @@ class CloudError(Exception):
 
 
 class CloudUnavailable(CloudError):
+    """``retry_after``: the seconds the server asked for (Retry-After of a 429 or 503), or 0."""
+
     retryable = True
+
+    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class CloudRefused(CloudError):
@@ -110,7 +116,8 @@ class CloudClient:
                 if not failure.retryable:
                     raise failure
             if attempt + 1 < attempts:
-                await anyio.sleep(self._backoff * 2**attempt * (0.5 + random.random()))  # noqa: S311  # jitter
+                backoff = self._backoff * 2**attempt * (0.5 + random.random())  # noqa: S311  # jitter
+                await anyio.sleep(max(backoff, getattr(failure, "retry_after", 0.0)))
         raise failure
 
     async def register(self, uid: str) -> str:
@@ -194,8 +201,12 @@ def _public_key(text: str) -> bytes:
 
 def _refusal(response: httpx.Response) -> CloudError:
     if response.status_code >= 500 or response.status_code == 429:
+        try:
+            after = min(60.0, float(response.headers.get("Retry-After", "0")))
+        except ValueError:  # an HTTP date: not sent by this server
+            after = 0.0
         return CloudUnavailable(
-            f"{response.request.method} {response.request.url.path}: HTTP {response.status_code}"
+            f"{response.request.method} {response.request.url.path}: HTTP {response.status_code}", after
         )
     try:
         body = response.json()

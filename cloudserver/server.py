@@ -14,7 +14,7 @@ import anyio
 import structlog
 from aiohttp import web
 
-from cloudserver.app import application, server_context
+from cloudserver.app import RateLimit, application, server_context
 from cloudserver.db import engine_for, migrate
 from cloudserver.service import Service
 from cloudserver.settings import Settings
@@ -88,7 +88,10 @@ async def run(
     context = server_context(
         settings.path(data, tls.certificate), settings.path(data, tls.key), settings.path(data, tls.client_ca)
     )
-    runner = web.AppRunner(application(service), access_log=None)
+    limits = settings.limits
+    runner = web.AppRunner(
+        application(service, RateLimit(limits.station_rate_per_s, limits.station_burst)), access_log=None
+    )
     await runner.setup()
     try:
         descriptors = _more_descriptors()

@@ -48,8 +48,17 @@ class Pkcs11Store(_Strict):
     kek_label: str = "nuprov-kek"
 
 
+class Limits(_Strict):
+    """Requests per station certificate (a token bucket per certificate, per replica): past it,
+    429 with Retry-After. A line's stations make a few requests a board each."""
+
+    station_rate_per_s: float = Field(default=20.0, gt=0)
+    station_burst: int = Field(default=60, ge=1)
+
+
 class Settings(_Strict):
     listen: Listen = Listen()
+    limits: Limits = Limits()
     tls: Tls = Tls()
     database: str = "sqlite+aiosqlite:///{data}/cloud.db"
     keystore: FileStore | Pkcs11Store = Field(default_factory=FileStore, discriminator="type")

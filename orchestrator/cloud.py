@@ -64,8 +64,9 @@ class LineCloud:
             raise CloudFailure(late, retryable=True) from None
         except CloudRefused as refused:
             raise CloudFailure(str(refused), retryable=refused.retryable, status=refused.status) from refused
-        except CloudError as error:  # no answer, a TLS handshake refused (CA, certificate), a 5xx
-            raise CloudFailure(str(error), retryable=error.retryable) from error
+        except CloudError as error:  # no answer, a TLS handshake refused (CA, certificate), a 5xx, a 429
+            after = getattr(error, "retry_after", 0.0)
+            raise CloudFailure(str(error), retryable=error.retryable, retry_after=after) from error
 
     async def register(self, uid: str) -> str:
         return await self._call(self.client.register(uid))

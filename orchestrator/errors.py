@@ -109,11 +109,14 @@ class Refused(UartFailure):
 
 class CloudFailure(PortFailure):
     """The cloud did not do what was asked: ``status`` is its HTTP refusal (404, 409, ...), or
-    None when it did not answer (a timeout, a TLS handshake refused, a 5xx)."""
+    None when it did not answer (a timeout, a TLS handshake refused, a 5xx, a 429); ``retry_after``
+    the seconds it asked the station to wait (Retry-After), which the step's backoff honours."""
 
-    def __init__(self, reason: str, *, retryable: bool, status: int | None = None) -> None:
+    def __init__(
+        self, reason: str, *, retryable: bool, status: int | None = None, retry_after: float = 0.0
+    ) -> None:
         super().__init__(reason, retryable=retryable, gone=retryable and (status is None or status >= 500))
-        self.status = status
+        self.status, self.retry_after = status, retry_after
 
 
 class JournalFailure(ProvisioningError):

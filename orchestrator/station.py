@@ -62,6 +62,16 @@ def retryable(error: BaseException) -> bool:
     return error.retryable if isinstance(error, ProvisioningError) else isinstance(error, TimeoutError)
 
 
+def _asked(backoff: Callable[[Any], float]) -> Callable[[Any], float]:
+    """The step's backoff, or longer when the port asked for it (a cloud's Retry-After)."""
+
+    def wait(state: Any) -> float:
+        error = state.outcome.exception() if state.outcome is not None else None
+        return max(backoff(state), min(60.0, getattr(error, "retry_after", 0.0)))
+
+    return wait
+
+
 async def _within(
     limit: float | None,
     kind: StepClass,
@@ -254,7 +264,7 @@ class StationRunner:
         limit = None if step.deadline is None else klass.timeout_s * step.deadline
         retrying = AsyncRetrying(
             stop=stop_after_attempt(klass.retry.attempts if alone else 1),
-            wait=wait_exponential_jitter(initial=klass.retry.backoff_s, max=10),
+            wait=_asked(wait_exponential_jitter(initial=klass.retry.backoff_s, max=10)),
             retry=retry_if_exception(retryable),
             reraise=True,
         )

@@ -464,3 +464,34 @@ def test_a_database_from_before_the_chain_is_chained_by_its_migration(tmp_path: 
     assert anyio.run(scenario) == (2, 3, None)
     with sqlite3.connect(path) as db, pytest.raises(sqlite3.DatabaseError, match="append-only"):
         db.execute("DELETE FROM audit")
+
+
+def test_a_station_past_its_rate_gets_429_with_retry_after_and_the_client_waits(tmp_path: Path) -> None:
+    from tests.cloudserver.conftest import _data, _serve  # noqa: PLC0415
+
+    data = _data(tmp_path)
+    settings = json.loads((data / "settings.json").read_text())
+    settings["limits"] = {"station_rate_per_s": 0.5, "station_burst": 2}
+    (data / "settings.json").write_text(json.dumps(settings))
+    serving = _serve(data)
+    cloud = next(serving)
+    try:  # (a generator's close ends the server)
+        pki = cloud.data / "pki"
+        station = client_context(pki / "station-01.crt", pki / "station-01.key", pki / "ca.crt")
+        admin = client_context(pki / "admin.crt", pki / "admin.key", pki / "ca.crt")
+        with httpx.Client(base_url=cloud.url, verify=station) as http:
+            answers = [http.get("/v1/jobs") for _ in range(3)]
+            assert [a.status_code for a in answers] == [200, 200, 429]
+            assert int(answers[2].headers["Retry-After"]) >= 1
+            assert answers[2].json()["title"] == "too many requests"
+        with httpx.Client(base_url=cloud.url, verify=admin) as http:  # admins are not limited
+            assert {http.get("/v1/jobs").status_code for _ in range(5)} == {200}
+
+        async def register() -> str:
+            async with cloud.client(attempts=2, backoff=0.01) as client:
+                return await client.register(uid(5))  # 429 first, then after Retry-After: served
+
+        assert len(anyio.run(register)) == 32
+    finally:
+        for _ in serving:  # the generator's teardown: the server stops
+            pass

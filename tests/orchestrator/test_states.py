@@ -101,3 +101,19 @@ def test_an_irreversible_step_runs_only_after_its_uid_check() -> None:
                 checked(step.number, None)
         assert checked(step.number, object()) is step
     assert [s.number for s in STEPS if s.irreversible] == [3, 6, 8]
+
+
+def test_the_step_backoff_waits_as_long_as_the_cloud_asked() -> None:
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from orchestrator.errors import CloudFailure, ProbeFailure  # noqa: PLC0415
+    from orchestrator.station import _asked  # noqa: PLC0415
+
+    def after(error: Exception) -> SimpleNamespace:
+        return SimpleNamespace(outcome=SimpleNamespace(exception=lambda: error))
+
+    wait = _asked(lambda _: 0.2)
+    assert wait(after(CloudFailure("429", retryable=True, retry_after=3.0))) == 3.0
+    assert wait(after(CloudFailure("503", retryable=True))) == 0.2
+    assert wait(after(ProbeFailure("probe", "unplugged"))) == 0.2
+    assert wait(after(CloudFailure("429", retryable=True, retry_after=3600.0))) == 60.0  # bounded
