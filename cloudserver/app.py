@@ -290,7 +290,7 @@ async def openapi_document(request: web.Request) -> web.Response:
 def application(service: Service, limit: RateLimit | None = None) -> web.Application:
     app = web.Application(middlewares=[mutual_tls], client_max_size=3 * api.MAX_BODY)
     app[SERVICE] = service
-    app[LIMIT] = limit or RateLimit(20.0, 60)
+    app[LIMIT] = limit or RateLimit(200.0, 400)
     app.router.add_post("/v1/devices", register)
     app.router.add_get("/v1/devices/{uid}", show_device)
     app.router.add_post("/v1/jobs", create_job)

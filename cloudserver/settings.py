@@ -52,8 +52,8 @@ class Limits(_Strict):
     """Requests per station certificate (a token bucket per certificate, per replica): past it,
     429 with Retry-After. A line's stations make a few requests a board each."""
 
-    station_rate_per_s: float = Field(default=20.0, gt=0)
-    station_burst: int = Field(default=60, ge=1)
+    station_rate_per_s: float = Field(default=200.0, gt=0)
+    station_burst: int = Field(default=400, ge=1)
 
 
 class Settings(_Strict):
