@@ -62,6 +62,22 @@ def retryable(error: BaseException) -> bool:
     return error.retryable if isinstance(error, ProvisioningError) else isinstance(error, TimeoutError)
 
 
+def _attached(action: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+    """``action`` of a step before the lock (1-4): a debug port that stops answering there is a
+    board taken out of the fixture (or its SWD link lost), never a verdict on the board: it is
+    left where the journal has it, and resumes when it answers again (``Swapped``)."""
+
+    async def run() -> T:
+        try:
+            return await action()
+        except ProbeFailure as failure:
+            if failure.kind != "not_detected":
+                raise
+            raise Swapped(f"the board stopped answering on SWD before its lock ({failure})") from None
+
+    return run
+
+
 def _asked(backoff: Callable[[Any], float]) -> Callable[[Any], float]:
     """The step's backoff, or longer when the port asked for it (a cloud's Retry-After)."""
 
@@ -362,7 +378,7 @@ class StationRunner:
         fetched before them, by steps 2 and 7)."""
         problem = self.journal.check() or await self._ports()
         if problem is not None:
-            raise UartFailure(f"not starting an irreversible step: {problem}")
+            raise UartFailure(f"not starting an irreversible step: {problem}", gone=True)
 
     async def _lock_seen(self, *, reset: bool = False) -> tuple[str, int] | None:
         """(UID, CONFIG0) when the lock is seen on the board (see identify), else None. With
@@ -606,7 +622,7 @@ class StationRunner:
             board.obj_id = obj_id
             self.journal.save(board)
 
-        await self.step(board, 1, identity)
+        await self.step(board, 1, _attached(identity))
         signed = await self.step(
             board, 2, lambda: self.cloud.bootloader(self.line.job_id, board.uid, self._obj(board))
         )
@@ -620,7 +636,9 @@ class StationRunner:
         async def burn_key() -> None:
             await self._burn_entries(board, 3, p.bootloader_key_entries(signed.public_key))
 
-        await self.step(board, 3, burn_key, before=lambda: self._before_irreversible(board))
+        await self.step(
+            board, 3, _attached(burn_key), before=_attached(lambda: self._before_irreversible(board))
+        )
 
         async def program() -> None:
             """Page by page, each one compared first: an attempt cut short (a fault, a deadline,
@@ -637,7 +655,7 @@ class StationRunner:
                 self._progress(1.0)
             self._window = (0.0, 1.0)
 
-        await self.step(board, 4, program)
+        await self.step(board, 4, _attached(program))
         await self._reset_and_lock(board)
 
     async def _reset_and_lock(self, board: Board) -> None:

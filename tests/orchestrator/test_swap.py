@@ -320,6 +320,32 @@ def test_a_probe_gone_past_the_retries_leaves_the_board_waiting_not_failed(tmp_p
     anyio.run(_line, tmp_path, scenario)
 
 
+def test_a_board_taken_out_mid_flash_waits_and_resumes_when_put_back(tmp_path: Path) -> None:
+    """An empty fixture answers nothing on SWD: before the lock that is a board taken out (or its
+    link lost), never a FAIL. It stays open in the journal and resumes when it answers again."""
+
+    async def scenario(
+        runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
+    ) -> None:
+        taken: list[str] = []
+
+        async def take_out(operation: str, args: Any, carry_out: Any) -> None:
+            if operation == "flash" and not taken:
+                taken.append(operation)
+                raise ProbeFailure("not_detected", "SWD/JTAG communication failure (No ACK)")
+
+        faulty_probe(runner, fixture, take_out)
+        await runner.provision(old.uid_text, "debug")
+        assert taken
+        assert journal.board(old.uid_text).outcome is None  # type: ignore[union-attr]  # waits
+        assert runner.status.state != "fail"
+        await runner.provision(old.uid_text, "debug")  # back in the fixture
+        assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
+        assert old.otp_program_counts[:24] == [1] * 24
+
+    anyio.run(_line, tmp_path, scenario)
+
+
 def test_a_probe_call_that_hangs_past_the_step_deadline_is_a_retry(tmp_path: Path) -> None:
     """The step's deadline (defaults.debug.timeout_s times the step's ``deadline``) ends an attempt
     whose port call never returns; the next attempt goes on."""
