@@ -58,7 +58,7 @@ EXPECTED_FAIL = {"swd_lost_at_reset": 5}  # a fault whose board may FAIL, at thi
 FINAL = ("PASS", "FAIL", "QUARANTINE")
 IRREVERSIBLE = ("otp-intent", "lock-intent")
 DISRUPTIONS = {  # what a round does at its moment, and how often (weights)
-    "kill-daemon": 8,
+    "kill-daemon": 14,
     "kill-simulator": 1,
     "kill-cloud": 1,
     "hang-cloud": 1,
