@@ -1,5 +1,5 @@
 """bench/chaos.py with a small N, as CI runs it: kills over a line with one fault per station,
-then no invariant broken on any board (the full run's figures are in docs/performance.md)."""
+then no invariant broken on any board (the full run's figures are in docs/orchestrator.md, Chaos)."""
 
 from __future__ import annotations
 
