@@ -10,8 +10,8 @@ Prints one JSON object; ``violations`` lists every broken invariant (empty is th
 The faults, one per station in this order (cycled): none; UART corruption and loss (each 1e-4 a
 byte: Nuvoton's SecureISP ends at the first damaged request, so 5e-4 already costs a board); a brown-out
 at the first MASS_WRITE; SWD transfer faults at 0.01; a target 3x slower; the first READ_CONFIG
-answer lost; the SWD link lost at the first reset (that board FAILs at step 5: the one FAIL
-expected).
+answer lost; the SWD link lost at the first reset (that board waits, blocked, until the faults
+are mended; a FAIL at step 5 is the one FAIL a fault explains).
 
 Each round waits for a moment (a random time; any step's intent; an irreversible step's intent,
 OTP or lock; or the intent of one chosen step, 1-13) and then does one thing (DISRUPTIONS): SIGKILL

@@ -88,9 +88,13 @@ class ProbeFailure(PortFailure):
     """The probe worker's answer: ``kind`` is probe, transfer, timeout (retryable), not_detected
     (the debug port answers nothing: maybe locked) or failed."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, *, gone: bool | None = None) -> None:
+        """``gone`` defaults to kind ``probe`` (the probe itself is away); the station's own
+        verdicts on a silent debug port around the lock say ``gone=False``: retried, then FAIL."""
         super().__init__(
-            f"{kind}: {message}", retryable=kind in ("probe", "transfer", "timeout"), gone=kind == "probe"
+            f"{kind}: {message}",
+            retryable=kind in ("probe", "transfer", "timeout"),
+            gone=kind == "probe" if gone is None else gone,
         )
         self.kind = kind
 

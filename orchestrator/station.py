@@ -670,7 +670,9 @@ class StationRunner:
                 await self.probe.reset()
             except ProbeFailure as failure:
                 if failure.kind != "not_detected" or not await self._verify_lock(board):
-                    raise ProbeFailure("probe", f"reset not answered, and no lock seen ({failure})") from None
+                    raise ProbeFailure(
+                        "probe", f"reset not answered, and no lock seen ({failure})", gone=False
+                    ) from None
 
         await self.step(board, 5, reset)
 
@@ -682,8 +684,12 @@ class StationRunner:
             except ProbeFailure as failure:
                 if failure.kind != "not_detected" or not await self._verify_lock(board):
                     if self.journal.seen(board.uid, "lock-config"):
-                        raise ProbeFailure("probe", "the lock is programmed, not yet seen") from None
-                    raise ProbeFailure("probe", f"debug port lost before the lock ({failure})") from None
+                        raise ProbeFailure(
+                            "probe", "the lock is programmed, not yet seen", gone=False
+                        ) from None
+                    raise ProbeFailure(
+                        "probe", f"debug port lost before the lock ({failure})", gone=False
+                    ) from None
                 return
             if not p.debug_lock.is_locked(config0):
                 self.journal.event(board.uid, self.station.name, 6, "lock-intent")
@@ -705,6 +711,7 @@ class StationRunner:
                     "probe",
                     "the lock is programmed, but after a reset the debug port still answers "
                     "or SecureISP does not report the board locked",
+                    gone=False,
                 )
 
         async def before_lock() -> None:
