@@ -77,7 +77,6 @@ class PortFailure(ProvisioningError):
     waits, its journal open, while the station shows ``blocked`` until the port is back."""
 
     retryable = True
-    gone = False
 
     def __init__(self, reason: str, *, retryable: bool | None = None, gone: bool = False) -> None:
         super().__init__(reason, retryable=retryable)

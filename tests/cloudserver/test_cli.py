@@ -18,6 +18,15 @@ def cloudserver(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _serving(server: subprocess.Popen[bytes], data: Path) -> None:
+    """Wait until ``cloudserver serve`` has written DATA/serve.json (bounded, and it must not die)."""
+    deadline = time.monotonic() + 60
+    while not (data / "serve.json").exists():
+        assert server.poll() is None
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
 def test_init_serve_job_device_audit(tmp_path: Path) -> None:
     data = tmp_path / "cloud"
     assert cloudserver("init", "--data", str(data), "--stations", "3").returncode == 0
@@ -27,11 +36,7 @@ def test_init_serve_job_device_audit(tmp_path: Path) -> None:
     server = subprocess.Popen([venv_tool("cloudserver"), "serve", "--data", str(data), "--port", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while not (data / "serve.json").exists():
-            assert server.poll() is None
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        _serving(server, data)
         body = tmp_path / "body.bin"
         body.write_bytes(os.urandom(2000))
         created = cloudserver(
@@ -87,11 +92,7 @@ def test_two_thousand_idle_connections_do_not_keep_a_station_out(tmp_path: Path)
     )  # fmt: skip
     idle: list[socket.socket] = []
     try:
-        deadline = time.monotonic() + 60
-        while not (data / "serve.json").exists():
-            assert server.poll() is None
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        _serving(server, data)
         url = json.loads((data / "serve.json").read_text())["url"]
         port = int(url.rsplit(":", 1)[1])
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2000)]
