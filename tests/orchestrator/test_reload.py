@@ -100,10 +100,10 @@ def test_a_station_removed_mid_board_stays_in_view_until_it_has_parked(tmp_path:
         simulated.until(lambda: "config.reloaded" in simulated.log.read_text(), "the reload", daemon)
         seen_stopping = False
         while True:
-            settled = _settled(simulated.log, "station-02")  # before the status is asked for
             stations = httpx.get(f"{url}/api/v1/status", timeout=30).json()["stations"]
             shown = {s["name"]: s for s in stations}
-            if "station-02" not in shown:
+            if "station-02" not in shown:  # gone from the view: its log already says where the board is
+                settled = _settled(simulated.log, "station-02")
                 break
             seen_stopping |= shown["station-02"]["stopping"]
             time.sleep(0.05)
