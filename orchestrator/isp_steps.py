@@ -15,7 +15,8 @@ the journal and the board's own OTP say what is already done, so nothing is prog
 A download cut off by a lost session resumes at the first chunk the bootloader did not acknowledge
 (no erase: programming a word again with the same value changes nothing, and every chunk is read
 back by the target), so a noisy line still finishes a long image; VERIFY_IMAGE checks it whole. The
-group gives up after ``attempts`` lost sessions in a row that moved the download on by nothing.
+group gives up after ``attempts`` lost sessions in a row that moved the download on by nothing
+(if a port was away in one of them, the board waits for it instead: ``PortFailure.gone``).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class IspSteps:
 
     async def run(self, board: Board) -> None:
         """The group, retried after an nRESET when a session is lost."""
-        stalled = 0
+        stalled, away = 0, False
         try:
             while True:
                 before = self._resume.get(board.uid, (b"", 0))[1]
@@ -101,8 +102,9 @@ class IspSteps:
                     return
                 except UartFailure as error:
                     moved = self._resume.get(board.uid, (b"", 0))[1] > before
-                    stalled = 1 if moved else stalled + 1
+                    stalled, away = (1 if moved else stalled + 1), away or error.gone
                     if stalled >= self.attempts:
+                        error.gone = away and error.retryable  # spent while a port was away: no verdict
                         raise
                     if self.log is not None:
                         self.log.warning(

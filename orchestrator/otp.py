@@ -42,7 +42,9 @@ async def plan(
 
 
 async def confirm(wanted: dict[int, Value], read: Read, doubt: Callable[[str], ProvisioningError]) -> None:
-    """After the writes: every entry reads back as ours, else QUARANTINE (on the same evidence)."""
+    """After the writes: every entry reads back as ours. A foreign value (read twice) is QUARANTINE;
+    a word still blank is a write that did not take (a brown-out, a lost transfer): the caller's
+    retryable ``doubt``, and the retry writes it again (a blank OTP word can still be written)."""
     left = await plan(wanted, read, doubt)
     if left:
-        raise Quarantine(f"OTP entries {sorted(left)} did not read back as written")
+        raise doubt(f"OTP entries {sorted(left)} still blank after the write")

@@ -276,6 +276,7 @@ def serve(  # the worker's one dispatch loop, kept in one place
 
     _die_with(parent)
     from pyocd.core import exceptions  # noqa: PLC0415
+    from pyocd.probe.pydapaccess.dap_access_api import DAPAccessIntf  # noqa: PLC0415
 
     logging.getLogger("pyocd").setLevel(logging.CRITICAL)  # failures come back on the pipe, not the console
     target_profile = profile(profile_name)
@@ -315,11 +316,11 @@ def serve(  # the worker's one dispatch loop, kept in one place
             connection.send(("ok", getattr(target, operation)(*args)))
         except ProbeFailure as failure:
             connection.send(("error", failure.kind, str(failure)))
-        except exceptions.ProbeError as error:
+        except (exceptions.TransferFaultError, DAPAccessIntf.TransferError) as error:
+            connection.send(("error", "transfer", str(error)))
+        except (exceptions.ProbeError, DAPAccessIntf.Error) as error:  # DAPAccess: the probe's link, raw
             close()
             connection.send(("error", "probe", str(error)))
-        except exceptions.TransferFaultError as error:
-            connection.send(("error", "transfer", str(error)))
         except exceptions.Error as error:
             close()
             kind = "not_detected" if "not detected" in str(error) or "No ACK" in str(error) else "probe"

@@ -47,7 +47,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.preflight import JobCheck
 from orchestrator.probe_worker import ProbePort, ProbeWorker
 from orchestrator.states import Event, State, StationMachine
-from orchestrator.steps import StepClass, checked
+from orchestrator.steps import Step, StepClass, checked
 from orchestrator.uart import UartLink, UartPort
 
 T = TypeVar("T")
@@ -269,14 +269,15 @@ class StationRunner:
         """Run step ``number`` as its row in orchestrator/steps.py says: its class's retries (in a
         group, only a cloud step retries by itself: the group retries the rest as one), each
         attempt within its deadline and journaled (intent, result). An irreversible step runs only
-        with ``before``, its UID check, which comes first in every attempt."""
+        with ``before``, its UID check, which comes first in every attempt. Retries spent while a
+        port was away (``PortFailure.gone`` in any attempt) are no verdict on the board: the last
+        failure is then taken as gone too, and the board waits for the port, then resumes."""
         step = checked(number, before)
         klass = self._class(step.kind)
         alone = step.group is None or step.kind is StepClass.CLOUD
         if step.group is None:  # a group pauses before its first step, never inside
             await self._safe_point()
         self.status.step = number
-        labels = (str(number), step.kind.value)
         limit = None if step.deadline is None else klass.timeout_s * step.deadline
         retrying = AsyncRetrying(
             stop=stop_after_attempt(klass.retry.attempts if alone else 1),
@@ -284,41 +285,64 @@ class StationRunner:
             retry=retry_if_exception(retryable),
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                n = attempt.retry_state.attempt_number
-                self.status.attempt = n
-                if n > 1:
-                    self.metrics.retries.labels(*labels).inc()
-                started = time.monotonic()
-                fields = {"uid": board.uid, "step": number, "step_name": step.name, "attempt": n}
-                self.log.info("step.start", **fields)
-                self.journal.event(board.uid, self.station.name, number, "intent", attempt=n)
-                try:
-                    result = await _within(limit, step.kind, action, before)
-                except Exception as error:
-                    if isinstance(error, ProvisioningError):
-                        error.at(self.station.name, number, board.uid)
-                    ms = round((time.monotonic() - started) * 1000)
-                    self.metrics.errors.labels(*labels).inc()
-                    self.status.last_error = str(error)[:200]
-                    self.log.warning(
-                        "step.fail", **fields, duration_ms=ms, outcome="error", error=str(error)[:300]
-                    )
-                    self.journal.event(
-                        board.uid,
-                        self.station.name,
-                        number,
-                        "result",
-                        attempt=n,
-                        outcome="error",
-                        outputs={"error": str(error)[:300]},
-                    )
-                    raise
-                ms = round((time.monotonic() - started) * 1000)
-                self.metrics.step_seconds.labels(str(number)).observe(ms / 1000)
-                self.log.info("step.end", **fields, duration_ms=ms, outcome="ok")
-                self.journal.event(board.uid, self.station.name, number, "result", attempt=n, outcome="ok")
+        away = False  # some attempt found a port away
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    try:
+                        result = await self._attempt(
+                            board, step, attempt.retry_state.attempt_number, limit, action, before
+                        )
+                    except PortFailure as failure:
+                        away = away or failure.gone
+                        raise
+        except PortFailure as failure:
+            if away and failure.retryable:  # spent while a port was away: the board waits for it
+                failure.gone = True
+            raise
+        return result
+
+    async def _attempt(  # noqa: PLR0917  # one attempt, as step() set it up
+        self,
+        board: Board,
+        step: Step,
+        n: int,
+        limit: float | None,
+        action: Callable[[], Awaitable[T]],
+        before: Callable[[], Awaitable[None]] | None,
+    ) -> T:
+        """Attempt ``n`` of ``step``, within ``limit`` seconds: journaled, logged and counted."""
+        number, labels = step.number, (str(step.number), step.kind.value)
+        self.status.attempt = n
+        if n > 1:
+            self.metrics.retries.labels(*labels).inc()
+        started = time.monotonic()
+        fields = {"uid": board.uid, "step": number, "step_name": step.name, "attempt": n}
+        self.log.info("step.start", **fields)
+        self.journal.event(board.uid, self.station.name, number, "intent", attempt=n)
+        try:
+            result = await _within(limit, step.kind, action, before)
+        except Exception as error:
+            if isinstance(error, ProvisioningError):
+                error.at(self.station.name, number, board.uid)
+            ms = round((time.monotonic() - started) * 1000)
+            self.metrics.errors.labels(*labels).inc()
+            self.status.last_error = str(error)[:200]
+            self.log.warning("step.fail", **fields, duration_ms=ms, outcome="error", error=str(error)[:300])
+            self.journal.event(
+                board.uid,
+                self.station.name,
+                number,
+                "result",
+                attempt=n,
+                outcome="error",
+                outputs={"error": str(error)[:300]},
+            )
+            raise
+        ms = round((time.monotonic() - started) * 1000)
+        self.metrics.step_seconds.labels(str(number)).observe(ms / 1000)
+        self.log.info("step.end", **fields, duration_ms=ms, outcome="ok")
+        self.journal.event(board.uid, self.station.name, number, "result", attempt=n, outcome="ok")
         return result
 
     async def _hardware_reset(self) -> None:
@@ -560,8 +584,8 @@ class StationRunner:
         elif board.bootloader_key is None:
             # Locked (seen), yet this line never burnt its key: not a board this line can finish.
             raise Quarantine("the debug port is locked and the journal has no record of steps 1-6")
-        elif not self.journal.seen(board.uid, "lock-verified") and not await self._verify_lock(board):
-            raise Fatal("the board is found over SecureISP but its lock is not seen")
+        elif not self.journal.seen(board.uid, "lock-verified"):
+            await self._lock(board)  # a run stopped between the lock and its proof: step 6 again
 
     @staticmethod
     def _obj(board: Board) -> str:
@@ -663,7 +687,6 @@ class StationRunner:
         before the reset, then the debug port silent while SecureISP reports the board's UID and
         that CONFIG0 (``lock-verified`` in the journal). A reset the debug port does not answer is a
         lost link (retried), unless the lock is seen: a run that crashed after programming CONFIG0."""
-        p = self.profile
 
         async def reset() -> None:
             try:
@@ -675,6 +698,11 @@ class StationRunner:
                     ) from None
 
         await self.step(board, 5, reset)
+        await self._lock(board)
+
+    async def _lock(self, board: Board) -> None:
+        """Step 6: CONFIG0's lock programmed and read back, then seen after a reset (above)."""
+        p = self.profile
 
         async def lock() -> None:
             if self.journal.seen(board.uid, "lock-verified"):

@@ -12,6 +12,7 @@ a board comes out of reset.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -70,6 +71,8 @@ class UartLink:
             )
         except (OSError, ValueError) as error:  # pyserial's SerialException is an OSError
             raise UartFailure(f"UART {self.device} does not open: {error}", gone=True) from None
+        with contextlib.suppress(OSError, AttributeError):  # bytes of an earlier session: not ours
+            self._writer.transport.serial.reset_input_buffer()
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -112,8 +115,8 @@ class UartLink:
         tries = attempts or (self.attempts if session.firmware.keeps_session else 1)
         problem = "no answer"
         for attempt in range(tries):
+            self._assembler.reset()  # stop-and-wait: a part packet pending now is an old answer's
             if attempt:
-                self._assembler.reset()
                 raw = session.resend()
             await self._write(raw)
             with anyio.move_on_after(self.timeout):

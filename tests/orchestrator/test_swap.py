@@ -36,6 +36,7 @@ from orchestrator.daemon import Line
 from orchestrator.errors import ProbeFailure
 from orchestrator.journal import Journal
 from orchestrator.probe_worker import ProbeOperations, _Target
+from orchestrator.states import StationMachine
 from orchestrator.station import StationRunner
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -316,6 +317,77 @@ def test_a_probe_gone_past_the_retries_leaves_the_board_waiting_not_failed(tmp_p
         await runner.provision(old.uid_text, "debug")
         assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
         assert old.otp_program_counts[:24] == [1] * 24
+
+    anyio.run(_line, tmp_path, scenario)
+
+
+def test_retries_spent_while_the_probe_was_away_are_no_verdict(tmp_path: Path) -> None:
+    """Chaos found a board FAILed at step 3 on "UID reads disagree": three of its four attempts
+    had met a probe that was away, the fourth a flaky read. Such retries say nothing about the
+    board: it waits like one whose probe is still away, and passes once the probe is back."""
+
+    async def scenario(
+        runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
+    ) -> None:
+        failures: list[str] = []
+
+        async def away_then_flaky(operation: str, args: Any, carry_out: Any) -> None:
+            if operation == "read_otp" and len(failures) < 2:
+                failures.append(operation)
+                if len(failures) == 1:
+                    raise ProbeFailure("probe", "probe NULINK3 unplugged")
+                raise ProbeFailure("transfer", "SWD fault (FAULT ACK)")
+
+        faulty_probe(runner, fixture, away_then_flaky)
+        runner.line.defaults.debug = StepClass(timeout_s=5, retry=Retry(attempts=2, backoff_s=0.1))
+        await runner.provision(old.uid_text, "debug")
+        assert len(failures) == 2
+        assert journal.board(old.uid_text).outcome is None  # type: ignore[union-attr]  # waits
+        assert runner.status.state == "blocked"
+        await runner.provision(old.uid_text, "debug")
+        assert journal.board(old.uid_text).outcome == "PASS"  # type: ignore[union-attr]
+        assert old.otp_program_counts[:24] == [1] * 24
+
+    anyio.run(_line, tmp_path, scenario)
+
+
+def test_a_board_found_locked_before_its_lock_was_seen_is_proven_at_step_6(tmp_path: Path) -> None:
+    """A daemon killed between programming CONFIG0 and seeing the lock finds the board over
+    SecureISP. Chaos found it FAILed at once, with no step, when the first proof met a debug port
+    that answered once; the proof is step 6 again, retried, and the board passes."""
+
+    async def scenario(
+        runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
+    ) -> None:
+        answered: list[str] = []
+
+        async def answer_once(operation: str, args: Any, carry_out: Any) -> None:
+            if operation == "uid" and old.debug_locked and not answered:
+                answered.append(operation)
+                raise ProbeFailure("transfer", "SWD fault (WAIT ACK)")  # not a No-ACK: no evidence
+
+        runner.probe = FakeProbe(fixture)
+        original = runner._verify_lock
+
+        async def killed_after_lock_config(board: Any) -> bool:
+            raise anyio.get_cancelled_exc_class()()
+
+        runner._verify_lock = killed_after_lock_config  # type: ignore[method-assign]
+        with anyio.CancelScope():
+            with contextlib.suppress(anyio.get_cancelled_exc_class()):
+                await runner.provision(old.uid_text, "debug")
+        assert old.debug_locked
+        assert journal.seen(old.uid_text, "lock-config")
+        assert not journal.seen(old.uid_text, "lock-verified")
+        runner._verify_lock = original  # type: ignore[method-assign]
+        runner.machine = StationMachine()  # the daemon started again
+        faulty_probe(runner, fixture, answer_once)
+        await runner.provision(old.uid_text, "uart")
+        assert answered
+        record = journal.board(old.uid_text)
+        assert record is not None
+        assert (record.outcome, record.reason) == ("PASS", None)
+        assert journal.seen(old.uid_text, "lock-verified")
 
     anyio.run(_line, tmp_path, scenario)
 
