@@ -1,6 +1,11 @@
 """pyOCD in a worker process, one per probe (pyOCD changes the process's working directory, keeps
 process-wide session state and its calls cannot be cancelled; see the project's pyOCD notes).
 
+Workers are forked from one fork server per daemon that has pyOCD imported already
+(``multiprocessing``'s forkserver, PRELOAD): a new worker starts in milliseconds instead of a second
+of imports, and the pages of pyOCD's code and tables stay shared among all of them. The fork
+server ends when the daemon does (its pipe closes), and each worker with it (PR_SET_PDEATHSIG).
+
 The worker runs :func:`serve` on one end of a pipe: requests ``(operation, args)``, answers
 ``("ok", value)`` or ``("error", kind, message)`` with kind ``not_detected``, ``probe`` (unplugged or
 USB failure), ``transfer`` (SWD fault) or ``failed``. The daemon side, :class:`ProbeWorker`, gives
@@ -31,7 +36,23 @@ OPEN_ATTEMPTS = 4
 FAULT_RETRIES = 16
 """An SWD access the target answered with FAULT was not carried out: it is safe to repeat a read, and
 a program is repeated only after a read shows it did not happen."""
+PRELOAD = [
+    "orchestrator.probe_worker",
+    "pyocd.core.helpers",
+    "pyocd.core.session",
+    "pyocd.probe.aggregator",
+    "pyocd.target.builtin",
+    "boardsim.pyocd_probe",
+]
+"""Imported once by the fork server (a module missing here is imported by the worker itself)."""
 T = TypeVar("T")
+
+
+@functools.cache
+def _context() -> Any:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
 
 
 def _transfer_fault() -> type[Exception]:
@@ -255,26 +276,40 @@ def _open_session(unique_id: str, target: str, options: dict[str, Any]) -> Any: 
     raise AssertionError("unreachable")
 
 
-def _die_with(parent: int) -> None:  # pragma: no cover - runs in the worker process
-    """The worker ends with the daemon, even a SIGKILLed one (Linux PR_SET_PDEATHSIG), and leaves
-    Ctrl-C to the daemon, which stops its stations at a safe point first."""
+def _die_with(parent: int, environ: dict[str, str]) -> None:  # pragma: no cover - in the worker
+    """The worker ends with the daemon, even a SIGKILLed one (Linux PR_SET_PDEATHSIG), leaves
+    Ctrl-C to the daemon, which stops its stations at a safe point first, and takes the daemon's
+    environment of now (the fork server's is that of its own start)."""
+    os.environ.clear()
+    os.environ.update(environ)
     import ctypes  # noqa: PLC0415
     import signal  # noqa: PLC0415
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the daemon died before the call above
+    try:
+        os.kill(parent, 0)  # the daemon died before the call above (the fork server's parent)
+    except ProcessLookupError:
         os._exit(0)
+    except PermissionError:  # alive, under another user
+        pass
 
 
 def serve(  # the worker's one dispatch loop, kept in one place
-    connection: Connection, unique_id: str, profile_name: str, frequency: int, parent: int
+    connection: Connection,
+    unique_id: str,
+    profile_name: str,
+    frequency: int,
+    *,
+    parent: int,
+    environ: dict[str, str],
 ) -> None:  # pragma: no cover - runs in the worker process
-    """The worker process: open sessions on demand, carry out requests, answer on the pipe."""
+    """The worker process: open sessions on demand, carry out requests, answer on the pipe.
+    ``environ`` is the daemon's at the worker's start (the fork server keeps its own first one)."""
     import logging  # noqa: PLC0415
 
-    _die_with(parent)
+    _die_with(parent, environ)
     from pyocd.core import exceptions  # noqa: PLC0415
     from pyocd.probe.pydapaccess.dap_access_api import DAPAccessIntf  # noqa: PLC0415
 
@@ -415,11 +450,12 @@ class ProbeWorker(ProbeOperations):
         return f"<ProbeWorker {self.unique_id} alive={alive} restarts={self.restarts}>"
 
     def _start(self) -> None:
-        context = multiprocessing.get_context("spawn")
+        context = _context()
         parent, child = context.Pipe()
         self._process = context.Process(
             target=serve,
-            args=(child, self.unique_id, self.profile_name, self.frequency, os.getpid()),
+            args=(child, self.unique_id, self.profile_name, self.frequency),
+            kwargs={"parent": os.getpid(), "environ": dict(os.environ)},
             daemon=True,
         )
         self._process.start()

@@ -185,15 +185,20 @@ def test_sigkill_inside_every_step_then_resume(tmp_path: Path) -> None:
     assert not any(state["otp_program_counts"][24:])
 
 
-def _children(pid: int) -> set[int]:
-    found = set()
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (the probe workers are the fork server's children)."""
+    parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            found.add(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        above = todo.pop()
+        below = {child for child, parent in parents.items() if parent == above}
+        found |= below
+        todo.extend(below)
     return found
 
 
@@ -211,11 +216,12 @@ def test_probe_workers_die_with_a_killed_daemon(tmp_path: Path) -> None:
     with simulated_line(workdir, stations=2, boards=1, baud=460_800, app_size=4000, quantity=2) as line:
         daemon = line.daemon()
         deadline = time.monotonic() + 120
-        while len(_children(daemon.pid)) < 2:  # a worker per station (and its resource tracker)
+        # a worker per station, the fork server and the resource tracker
+        while len(_descendants(daemon.pid)) < 4:
             assert time.monotonic() < deadline
             assert daemon.poll() is None
             time.sleep(0.05)
-        workers = _children(daemon.pid)
+        workers = _descendants(daemon.pid)
         daemon.send_signal(signal.SIGKILL)
         daemon.wait()
         while any(_alive(pid) for pid in workers):
