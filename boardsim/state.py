@@ -1,9 +1,12 @@
 """A board's state on disk: STATE_DIR/<UID>/{state.json, otp.bin, aprom.bin, ldrom.bin, dataflash.bin}.
 
-Each file is written atomically (a temporary file in the same folder, fsync, rename). Flash changes
-arrive a word at a time during a download, so they mark the file dirty and :meth:`StateStore.flush`
-writes what is dirty; the server flushes on a short timer and after every packet that answered, and
-OTP and state changes are flushed at once. otp.bin is 256 entries of 8 bytes, entry n at offset 8n,
+otp.bin and state.json are written atomically (a temporary file in the same folder, fsync,
+rename), at once when they change. Flash changes arrive a word at a time during a download, so
+they mark the memory dirty and :meth:`StateStore.flush` writes what is dirty; the server flushes on
+a short timer and after every packet that answered. A flash file is written whole the first time,
+then only the pages that changed since, in place (one write each: a SIGKILLed simulator leaves
+every page as it was or as it is, never half); state.json is not rewritten for flash alone, since
+nothing in it follows from the APROM or the LDROM. otp.bin is 256 entries of 8 bytes, entry n at offset 8n,
 low word then high word, little-endian: the same bytes the OTP holds.
 """
 
@@ -18,6 +21,7 @@ from nuwire.ids import format_obj_id, parse_uid
 from nuwire.profiles import TargetProfile
 
 IMMEDIATE = frozenset({"otp", "state"})
+FLASH = frozenset({"aprom", "ldrom", "dataflash"})
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -51,6 +55,8 @@ class StateStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._dirty: dict[str, tuple[Board, set[str]]] = {}
+        self._written: dict[tuple[str, str], bytes] = {}
+        """(UID, memory) -> the bytes its file holds, to write only the pages that changed."""
 
     def folder(self, board: Board) -> Path:
         return self.root / board.uid_text
@@ -78,9 +84,24 @@ class StateStore:
                 "dataflash": board.data_flash,
             }
             for name in sorted(files - {"state"}):
-                write_atomically(folder / f"{name}.bin", bytes(blobs[name]))
-            # state.json reflects every change (obj_id lives in data flash, counts in OTP).
-            write_atomically(folder / "state.json", json.dumps(state_json(board), indent=1).encode())
+                if name in FLASH:
+                    self._pages(board, name, folder / f"{name}.bin", bytes(blobs[name]))
+                else:
+                    write_atomically(folder / f"{name}.bin", bytes(blobs[name]))
+            if files - {"aprom", "ldrom"}:  # obj_id lives in data flash, program counts in OTP
+                write_atomically(folder / "state.json", json.dumps(state_json(board), indent=1).encode())
+
+    def _pages(self, board: Board, name: str, path: Path, now: bytes) -> None:
+        key, page = (board.uid_text, name), board.profile.aprom.page_size
+        before = self._written.get(key)
+        if before is None or len(before) != len(now) or not path.exists():
+            write_atomically(path, now)
+        elif before != now:
+            with open(path, "r+b") as handle:
+                for offset in range(0, len(now), page):
+                    if now[offset : offset + page] != before[offset : offset + page]:
+                        os.pwrite(handle.fileno(), now[offset : offset + page], offset)
+        self._written[key] = now
 
 
 def load_board(folder: Path, profile: TargetProfile, timing: Timing) -> Board:

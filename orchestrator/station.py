@@ -784,9 +784,15 @@ class StationRunner:
         self.journal.event(
             board.uid, self.station.name, number, "otp-intent", outputs={"words": [a for a, _ in writes]}
         )
+        runs: list[tuple[int, list[int]]] = []  # words at consecutive addresses: one probe call
+        for address, word in writes:
+            if runs and runs[-1][0] + 4 * len(runs[-1][1]) == address:
+                runs[-1][1].append(word)
+            else:
+                runs.append((address, [word]))
         with anyio.CancelScope(shield=True):  # a stop never lands between an OTP write and its read-back
-            for address, word in writes:
-                await self.probe.program_words(address, [word])
+            for address, words in runs:
+                await self.probe.program_words(address, words)
             await otp.confirm(wanted, read, doubt)
         self.journal.event(board.uid, self.station.name, number, "otp-result", outcome="written")
 
