@@ -11,7 +11,8 @@ The faults, one per station in this order (cycled): none; UART corruption and lo
 byte: Nuvoton's SecureISP ends at the first damaged request, so 5e-4 already costs a board); a brown-out
 at the first MASS_WRITE; SWD transfer faults at 0.01; a target 3x slower; the first READ_CONFIG
 answer lost; the SWD link lost at the first reset (that board waits, blocked, until the faults
-are mended; a FAIL at step 5 is the one FAIL a fault explains).
+are mended; a FAIL at step 5 is a FAIL that fault explains, as a FAIL in steps 8-13 is on the noisy UART:
+see EXPECTED_FAIL).
 
 Each round waits for a moment (a random time; any step's intent; an irreversible step's intent,
 OTP or lock; or the intent of one chosen step, 1-13) and then does one thing (DISRUPTIONS): SIGKILL
@@ -54,7 +55,13 @@ FAULTS: tuple[dict[str, object], ...] = (
     {"answer_lost_at_command": 0x82},
     {"swd_lost_at_reset": True},
 )
-EXPECTED_FAIL = {"swd_lost_at_reset": 5}  # a fault whose board may FAIL, at this step
+EXPECTED_FAIL = {  # a fault whose board may FAIL, at these steps
+    "swd_lost_at_reset": {5},
+    # 2e-4 a byte both ways: steps 8-10 of one group attempt (about 30 exchanges of 128 bytes)
+    # meet a fault about half the time, so 6 lost sessions in a row that move the download by
+    # nothing (the stall budget) end about one board in 40 as a FAIL, as on a cable that bad.
+    "uart_corrupt_rate": {8, 9, 10, 11, 12, 13},
+}
 FINAL = ("PASS", "FAIL", "QUARANTINE")
 IRREVERSIBLE = ("otp-intent", "lock-intent")
 DISRUPTIONS = {  # what a round does at its moment, and how often (weights)
@@ -282,7 +289,7 @@ def violations(line: Line, *, expect_quarantine: bool) -> tuple[list[str], list[
             if not row[2] or not row[3]:
                 found.append(f"{uid}: FAIL without step and reason (invariant 6)")
             fault = line.faults.get(row[4], {})
-            if not any(fault.get(name) and row[2] == step for name, step in EXPECTED_FAIL.items()):
+            if not any(fault.get(name) and row[2] in steps for name, steps in EXPECTED_FAIL.items()):
                 unexplained.append(f"{uid}: FAIL at step {row[2]} on {row[4]}: {row[3]}")
         if outcome == "PASS":
             found += _pass_violations(uid, state, otp, row, uid in verified)

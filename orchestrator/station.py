@@ -615,34 +615,40 @@ class StationRunner:
     async def debug_steps(self, board: Board) -> None:
         p = self.profile
 
-        async def identity() -> None:
-            await self._check_uid(board)
-            words = await self.probe.read_words(p.objid_record, RECORD_SIZE // 4)
-            raw = b"".join(int(w).to_bytes(4, "little") for w in words)
-            obj_id = await self.cloud.register(board.uid)
-            record = encode_obj_id_record(parse_obj_id(obj_id))
-            wanted = [int.from_bytes(record[i : i + 4], "little") for i in range(0, len(record), 4)]
+        async def record() -> list[int]:
+            return [int(w) for w in await self.probe.read_words(p.objid_record, RECORD_SIZE // 4)]
+
+        def judged(words: list[int], wanted: list[int], obj_id: str) -> tuple[bool, str | None]:
+            """(the record is still to be written, what makes the board not this line's)."""
             try:
-                on_board = decode_obj_id_record(raw)
+                on_board = decode_obj_id_record(b"".join(w.to_bytes(4, "little") for w in words))
             except ProtocolError:
                 # A record cut off by a crash while it was written: every word either the cloud's
                 # record or blank is completed; anything else is not ours.
-                if any(int(w) not in (want, otp.ERASED) for w, want in zip(words, wanted, strict=True)):
-                    raise Quarantine(
-                        "the board holds a damaged OBJ_ID record that is not this line's"
-                    ) from None
-                on_board = None
+                if any(w not in (want, otp.ERASED) for w, want in zip(words, wanted, strict=True)):
+                    return True, "the board holds a damaged OBJ_ID record that is not this line's"
+                return True, None
             if on_board is None:
+                return True, None
+            if on_board.hex() != obj_id:
+                return False, f"the board carries OBJ_ID {on_board.hex()}, the cloud says {obj_id}"
+            return False, None
+
+        async def identity() -> None:
+            await self._check_uid(board)
+            words = await record()
+            obj_id = await self.cloud.register(board.uid)
+            encoded = encode_obj_id_record(parse_obj_id(obj_id))
+            wanted = [int.from_bytes(encoded[i : i + 4], "little") for i in range(0, len(encoded), 4)]
+            to_write, wrong = judged(words, wanted, obj_id)
+            if wrong is not None:  # evidence: the same record read twice (a board reset mid-read)
+                if await record() != words:
+                    raise ProbeFailure("transfer", "the OBJ_ID record read differently twice")
+                raise Quarantine(wrong)
+            if to_write:
                 await self.probe.program_words(p.objid_record, wanted)
-                words = await self.probe.read_words(p.objid_record, RECORD_SIZE // 4)
-                try:
-                    back = decode_obj_id_record(b"".join(int(w).to_bytes(4, "little") for w in words))
-                except ProtocolError as error:  # cut off (a power cut, a board pulled): written again
-                    raise ProbeFailure("transfer", f"the OBJ_ID record did not read back: {error}") from None
-                if back != parse_obj_id(obj_id):
-                    raise Quarantine("OBJ_ID record did not read back")
-            elif on_board.hex() != obj_id:
-                raise Quarantine(f"the board carries OBJ_ID {on_board.hex()}, the cloud says {obj_id}")
+                if await record() != wanted:  # cut off, or a doubtful read: the retry decides
+                    raise ProbeFailure("transfer", "the OBJ_ID record did not read back as written")
             board.obj_id = obj_id
             self.journal.save(board)
 

@@ -392,6 +392,35 @@ def test_a_board_found_locked_before_its_lock_was_seen_is_proven_at_step_6(tmp_p
     anyio.run(_line, tmp_path, scenario)
 
 
+def test_an_objid_record_misread_once_is_a_retry_never_quarantine(tmp_path: Path) -> None:
+    """Chaos found a blank board QUARANTINEd at step 1 as "a damaged OBJ_ID record that is not
+    this line's": its power was cut while step 1 read the record, which read as zeros that once.
+    A record is taken for foreign only when it reads the same twice."""
+
+    async def scenario(
+        runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
+    ) -> None:
+        probe = FakeProbe(fixture)
+        carry_out, misread = probe.read_words, []
+
+        async def read_words(address: int, count: int) -> list[int]:
+            words = await carry_out(address, count)
+            if address == M2354.objid_record and not misread:
+                misread.append(address)
+                return [0] * count  # the board reset mid-read
+            return words
+
+        probe.read_words = read_words  # type: ignore[method-assign]
+        runner.probe = probe
+        await runner.provision(old.uid_text, "debug")
+        assert misread
+        record = journal.board(old.uid_text)
+        assert record is not None
+        assert (record.outcome, record.reason) == ("PASS", None)
+
+    anyio.run(_line, tmp_path, scenario)
+
+
 def test_a_board_taken_out_mid_flash_waits_and_resumes_when_put_back(tmp_path: Path) -> None:
     """An empty fixture answers nothing on SWD: before the lock that is a board taken out (or its
     link lost), never a FAIL. It stays open in the journal and resumes when it answers again."""
