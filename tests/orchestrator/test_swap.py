@@ -401,7 +401,7 @@ def test_an_objid_record_misread_once_is_a_retry_never_quarantine(tmp_path: Path
         runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
     ) -> None:
         probe = FakeProbe(fixture)
-        carry_out, misread = probe.read_words, []
+        carry_out, misread = probe.read_words, list[int]()
 
         async def read_words(address: int, count: int) -> list[int]:
             words = await carry_out(address, count)
