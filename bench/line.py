@@ -18,6 +18,8 @@ What it reports:
   times, PSS once in all (the memory the role really costs); ``cpu_s_per_board`` for the daemon
   and its workers together.
 - ``load_average``: the 1-minute load average, its mean and its peak over the run.
+- ``idle_core_per_station``: after the last board, with every fixture empty, the cores each role
+  spends per station over ``--idle-s`` seconds (an idle line should cost next to nothing).
 
 Compare ratios from one run (one board against 16 boards, or measured against floor): the
 machine is shared, so absolute seconds move from run to run. docs/performance.md holds the
@@ -212,7 +214,7 @@ def _finished(journal: Path) -> int:
 
 
 def run(
-    stations: int, boards: int, baud: int, app_size: int, *, workdir: Path, bound_s: float
+    stations: int, boards: int, baud: int, app_size: int, *, workdir: Path, bound_s: float, idle_s: float
 ) -> dict[str, Any]:
     bodies = _prepare(workdir, app_size)
     os.environ["BOARDSIM_PROBES"] = str((workdir / "probes").resolve())
@@ -241,6 +243,8 @@ def run(
             sampler.sample()
             time.sleep(SAMPLE_S)
         sampler.sample()
+        usage = sampler.report()  # the boards' own: the idle window below is reported apart
+        idle = _idle(sampler, stations, idle_s) if idle_s and daemon.poll() is None else None
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=180)
@@ -261,7 +265,6 @@ def run(
             "floor_s": None if low is None else round(low, 4),
             "ratio": None if median is None or not low else round(median / low, 2),
         }
-    usage = sampler.report()
     line_cpu = usage["cpu_s"]["daemon"] + usage["cpu_s"]["workers"]
     durations = [end - begin for _, begin, end in finished]
     return {
@@ -284,8 +287,23 @@ def run(
             "daemon_and_workers": round(line_cpu / max(1, len(finished)), 3),
             "simulator": round(usage["cpu_s"]["simulator"] / max(1, len(finished)), 3),
         },
+        "idle_core_per_station": idle,
         "workdir": str(workdir),
     }
+
+
+def _idle(sampler: Sampler, stations: int, seconds: float) -> dict[str, float]:
+    """Cores per station of each role while every fixture is empty (the operator took the boards
+    out), over ``seconds`` after a settling second."""
+    roles = ("daemon", "workers", "simulator")
+    time.sleep(2.0)
+    sampler.sample()
+    before, started = {r: sum(sampler.cpu[r].values()) for r in roles}, time.monotonic()
+    while time.monotonic() - started < seconds:
+        time.sleep(SAMPLE_S)
+        sampler.sample()
+    spent = time.monotonic() - started
+    return {r: round((sum(sampler.cpu[r].values()) - before[r]) / TICK / spent / stations, 4) for r in roles}
 
 
 def main() -> int:
@@ -298,10 +316,21 @@ def main() -> int:
     parser.add_argument("--app-size", type=int, default=16_384)
     parser.add_argument("--bound-s", type=float, default=1800, help="give up after this long")
     parser.add_argument("--workdir", type=Path, help="default: a new folder under /tmp")
+    parser.add_argument(
+        "--idle-s", type=float, default=10, help="then measure the empty line this long (0: not)"
+    )
     args = parser.parse_args()
     # short: the simulator's AF_UNIX socket paths must stay under 107 bytes
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="line-", dir="/tmp"))
-    result = run(args.stations, args.boards, args.baud, args.app_size, workdir=workdir, bound_s=args.bound_s)
+    result = run(
+        args.stations,
+        args.boards,
+        args.baud,
+        args.app_size,
+        workdir=workdir,
+        bound_s=args.bound_s,
+        idle_s=args.idle_s,
+    )
     print(json.dumps(result, indent=1))
     return 0 if result["outcomes"].get("PASS") == result["boards"] else 1
 
