@@ -37,6 +37,10 @@ from nuwire.profiles import TargetProfile
 
 BoardKind = Literal["blank", "objid", "foreign-key", "half"]
 BOARD_KINDS: tuple[str, ...] = ("blank", "objid", "foreign-key", "half")
+QUIET_S = 0.2
+"""The operator looks for a result on the daemon's API only once the board's probe and UART have
+been quiet this long (a station at work on a board talks to it): not ten requests a second from
+every station throughout."""
 
 
 @dataclass
@@ -257,7 +261,9 @@ class Station:
                 seen = (self.probe_server.packets, self.uart.stats.bytes_in)
                 if seen != self._seen:
                     self._seen, self._last_traffic = seen, now
-                if self.operator.acknowledge_from is not None:
+                if self.operator.acknowledge_from is not None and now - self._last_traffic < QUIET_S:
+                    done = False  # the station is at work on it: no result to look for yet
+                elif self.operator.acknowledge_from is not None:
                     done = await self._acknowledged(
                         client, self.operator.acknowledge_from, self.board.uid_text
                     )
