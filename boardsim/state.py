@@ -22,6 +22,8 @@ from nuwire.profiles import TargetProfile
 
 IMMEDIATE = frozenset({"otp", "state"})
 FLASH = frozenset({"aprom", "ldrom", "dataflash"})
+CODE = frozenset({"aprom", "ldrom"})
+"""Memories nothing in state.json follows from (obj_id lives in data flash, program counts in OTP)."""
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -88,7 +90,7 @@ class StateStore:
                     self._pages(board, name, folder / f"{name}.bin", bytes(blobs[name]))
                 else:
                     write_atomically(folder / f"{name}.bin", bytes(blobs[name]))
-            if files - {"aprom", "ldrom"}:  # obj_id lives in data flash, program counts in OTP
+            if files - CODE:
                 write_atomically(folder / "state.json", json.dumps(state_json(board), indent=1).encode())
 
     def _pages(self, board: Board, name: str, path: Path, now: bytes) -> None:

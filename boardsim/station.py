@@ -261,14 +261,14 @@ class Station:
                 seen = (self.probe_server.packets, self.uart.stats.bytes_in)
                 if seen != self._seen:
                     self._seen, self._last_traffic = seen, now
-                if self.operator.acknowledge_from is not None and now - self._last_traffic < QUIET_S:
+                if self.operator.acknowledge_from is None:
+                    done = self.board.booted == "application"
+                elif now - self._last_traffic < QUIET_S:
                     done = False  # the station is at work on it: no result to look for yet
-                elif self.operator.acknowledge_from is not None:
+                else:
                     done = await self._acknowledged(
                         client, self.operator.acknowledge_from, self.board.uid_text
                     )
-                else:
-                    done = self.board.booted == "application"
                 if done:
                     await anyio.sleep(self.operator.removal_delay_s)
                     self.remove()
