@@ -81,6 +81,11 @@ class JobRequest(Strict):
     bootloader: BootloaderFirmware
     application: ApplicationFirmware
     quantity: Annotated[int, BeforeValidator(_whole)] = Field(ge=1, le=10_000_000)
+    lines: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="the lines whose stations may draw on it; [] is every line",
+    )
 
 
 class ResultRequest(Strict):

@@ -31,6 +31,7 @@ M = TypeVar("M", bound=BaseModel)
 SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
 SUBJECT: web.RequestKey[str] = web.RequestKey("subject", str)
 ROLE: web.RequestKey[str] = web.RequestKey("role", str)
+LINE: web.RequestKey[str] = web.RequestKey("line", str)
 log = structlog.get_logger("cloudserver")
 _UID = re.compile(r"^[0-9A-F]{24}$")
 _JOB = re.compile(api.JOB_ID)
@@ -116,8 +117,8 @@ async def mutual_tls(request: web.Request, handler: Handler) -> web.StreamRespon
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if not der:
         return problem(Refused(401, "client certificate required", "connect with a client certificate"))
-    subject, role, serial = identity(der)
-    request[SUBJECT], request[ROLE] = subject, role
+    subject, role, serial, line = identity(der)
+    request[SUBJECT], request[ROLE], request[LINE] = subject, role, line
     service = request.app[SERVICE]
     headers: dict[str, str] = {}
     try:
@@ -205,7 +206,7 @@ def _json(value: Any) -> web.Response:
 async def register(request: web.Request) -> web.Response:
     _require(request, "station", "admin")
     body = await _body(request, api.RegisterRequest)
-    return _json(await request.app[SERVICE].register(request[SUBJECT], body.uid))
+    return _json(await request.app[SERVICE].register(request[SUBJECT], body.uid, request[LINE]))
 
 
 async def show_device(request: web.Request) -> web.Response:
@@ -224,6 +225,7 @@ async def create_job(request: web.Request) -> web.Response:
         body.application.decoded(),
         body.application.version,
         body.quantity,
+        tuple(body.lines),
     )
     return _json(await request.app[SERVICE].create_job(request[SUBJECT], spec))
 
@@ -250,7 +252,8 @@ def _provisioning(method: str) -> Handler:
         _require(request, "station")
         job_id, uid = _path(request)
         body = await _body(request, api.DeviceRequest)
-        answer = await getattr(request.app[SERVICE], method)(request[SUBJECT], job_id, uid, body.obj_id)
+        service = request.app[SERVICE]
+        answer = await getattr(service, method)(request[SUBJECT], job_id, uid, body.obj_id, request[LINE])
         if "image" in answer:
             answer["image"] = base64.b64encode(answer["image"]).decode()
         return _json(answer)
@@ -272,6 +275,7 @@ async def result(request: web.Request) -> web.Response:
             outcome=body.outcome,
             step=body.step,
             reason=body.reason,
+            line=request[LINE],
         )
     )
 

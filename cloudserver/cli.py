@@ -61,10 +61,17 @@ def init(args: argparse.Namespace) -> int:
     if (data / "settings.json").exists():
         print(f"cloudserver: error: {data / 'settings.json'} exists; init never overwrites", file=sys.stderr)
         return 2
+    ca_keys: Path = args.ca or data.parent / f"{data.name}-ca"
+    if ca_keys.resolve().is_relative_to(data.resolve()):
+        print(f"cloudserver: error: --ca {ca_keys} is inside {data}; keep the CA key apart", file=sys.stderr)
+        return 2
     data.mkdir(parents=True, exist_ok=True)
-    written = init_pki(data / "pki", args.stations)
+    written = init_pki(data / "pki", args.stations, ca_key_folder=ca_keys, line=args.line)
     write_default(data, args.port)
-    print(f"initialised {data}: settings.json, master.key, {len(written)} certificates in {data / 'pki'}")
+    print(
+        f"initialised {data}: settings.json, master.key, {len(written)} certificates in {data / 'pki'} "
+        f"(stations of line {args.line}); the CA key is {ca_keys / 'ca.key'}: keep it offline"
+    )
     return 0
 
 
@@ -138,6 +145,7 @@ def job_command(args: argparse.Namespace) -> int:
                 application=args.application.read_bytes(),
                 application_version=args.application_version,
                 quantity=args.quantity,
+                lines=[line for line in args.lines.split(",") if line],
             )
         if args.action == "list":
             return await cloud.jobs()
@@ -216,9 +224,59 @@ def cert_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def issue_command(args: argparse.Namespace) -> int:
+    from cloudserver.pki import issue_client  # noqa: PLC0415
+
+    pki = args.data / "pki"
+    if args.role == "station" and not args.line:
+        print("cloudserver: error: --line: a station certificate names its line", file=sys.stderr)
+        return 2
+    try:
+        written = issue_client(pki, args.ca_key, args.name, role=args.role, line=args.line)
+    except (OSError, ValueError) as error:
+        print(f"cloudserver: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {written} and its key ({args.role}{' of line ' + args.line if args.line else ''})")
+    return 0
+
+
+def db_command(args: argparse.Namespace) -> int:
+    from cloudserver.db import engine_for, migrate  # noqa: PLC0415
+    from cloudserver.settings import SettingsError, load  # noqa: PLC0415
+
+    try:
+        settings = load(args.data)
+    except SettingsError as error:
+        print(f"cloudserver: error: {error}", file=sys.stderr)
+        return 2
+
+    async def upgrade() -> str:
+        engine = engine_for(settings.database_url(args.data))
+        try:
+            return await migrate(engine, args.revision)
+        finally:
+            await engine.dispose()
+
+    print(f"database at revision {anyio.run(upgrade)}")
+    return 0
+
+
 def _cert_commands(commands: Any) -> None:
-    cmd = commands.add_parser("cert", help="revoke a client certificate (refused on its next request)")
+    cmd = commands.add_parser("db", help="bring the database to the newest schema (serve does it too)")
+    dbs = cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub = dbs.add_parser("upgrade")
+    sub.add_argument("--data", type=Path, required=True)
+    sub.add_argument("revision", nargs="?", default="head")
+    sub.set_defaults(handler=db_command)
+    cmd = commands.add_parser("cert", help="issue a client certificate, or revoke one")
     certs = cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub = certs.add_parser("issue", help="a new admin or station certificate in DATA/pki")
+    sub.add_argument("--data", type=Path, required=True)
+    sub.add_argument("--ca-key", type=Path, required=True, help="the CA's private key (kept apart from DATA)")
+    sub.add_argument("--role", choices=("station", "admin"), default="station")
+    sub.add_argument("--line", default="", help="the station's line")
+    sub.add_argument("name", help="the certificate's CN and file name, e.g. station-05")
+    sub.set_defaults(handler=issue_command)
     sub = certs.add_parser("revoke")
     sub.add_argument("--data", type=Path, required=True)
     sub.add_argument("--reason", default="")
@@ -226,17 +284,7 @@ def _cert_commands(commands: Any) -> None:
     sub.set_defaults(handler=cert_command)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    top, commands = parser("cloudserver", "The provisioning cloud server.")
-    cmd = commands.add_parser("init", help="create DATA: development PKI, settings.json, master key")
-    cmd.add_argument("--data", type=Path, required=True)
-    cmd.add_argument("--stations", type=int, default=4, help="station certificates to issue")
-    cmd.add_argument("--port", type=int, default=8443)
-    cmd.set_defaults(handler=init)
-    cmd = commands.add_parser("serve", help="serve the HTTPS API (mutual TLS) until SIGTERM")
-    cmd.add_argument("--data", type=Path, required=True)
-    cmd.add_argument("--port", type=int, help="override settings.json (0: any free port)")
-    cmd.set_defaults(handler=serve_command)
+def _job_commands(commands: Any) -> None:
     cmd = commands.add_parser("job", help="create, list, show or close jobs (admin certificate)")
     jobs = cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action in ("create", "list", "show", "close"):
@@ -252,7 +300,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             sub.add_argument("--application", type=Path, required=True, help="unsigned application body")
             sub.add_argument("--application-version", required=True)
             sub.add_argument("--quantity", type=int, required=True)
+            sub.add_argument(
+                "--lines", default="", help="comma-separated lines that may draw on it (default: every line)"
+            )
         sub.set_defaults(handler=job_command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    top, commands = parser("cloudserver", "The provisioning cloud server.")
+    cmd = commands.add_parser("init", help="create DATA: development PKI, settings.json, master key")
+    cmd.add_argument("--data", type=Path, required=True)
+    cmd.add_argument("--stations", type=int, default=4, help="station certificates to issue")
+    cmd.add_argument("--port", type=int, default=8443)
+    cmd.add_argument("--line", default="line-1", help="the line the station certificates belong to")
+    cmd.add_argument("--ca", type=Path, help="where the CA key goes (default: DATA-ca beside DATA)")
+    cmd.set_defaults(handler=init)
+    cmd = commands.add_parser("serve", help="serve the HTTPS API (mutual TLS) until SIGTERM")
+    cmd.add_argument("--data", type=Path, required=True)
+    cmd.add_argument("--port", type=int, help="override settings.json (0: any free port)")
+    cmd.set_defaults(handler=serve_command)
+    _job_commands(commands)
     cmd = commands.add_parser("device", help="show a device with its keys, results and history")
     devices = cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     sub = devices.add_parser("show")

@@ -18,7 +18,7 @@ import hashlib
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,10 +137,12 @@ class CloudClient:
         application: bytes,
         application_version: str,
         quantity: int,
+        lines: Sequence[str] = (),
     ) -> dict[str, Any]:
         body = {
             "pdid": pdid,
             "quantity": quantity,
+            "lines": list(lines),
             "bootloader": {"body": base64.b64encode(bootloader).decode(), "version": bootloader_version},
             "application": {"body": base64.b64encode(application).decode(), "version": application_version},
         }

@@ -1,41 +1,81 @@
-"""Storage: SQLAlchemy 2 (async). SQLite by default; PostgreSQL is a URL change
-(``postgresql+asyncpg://...``), since only portable types and constraints are used.
+"""Storage: SQLAlchemy 2 (async). SQLite for one server (the default); PostgreSQL
+(``postgresql+asyncpg://...``, the ``postgres`` extra) for a fleet of replicas.
 
 Idempotency lives in the schema: one key per (UID, purpose) forever, one signed image per (UID,
-purpose, job), one quota slot per (job, UID). Migrations are numbered steps recorded in
-``schema_version``; :func:`migrate` applies the missing ones at start.
+purpose, job), one quota slot per (job, UID); the quota itself is counted under a row lock on the
+job (:mod:`cloudserver.service`). Every time is UTC and time-zone aware (:class:`UtcDateTime`).
+The schema is Alembic's (cloudserver/migrations/): :func:`migrate` brings a database to the head
+revision under a lock (PostgreSQL: an advisory lock; SQLite: a lock file beside it), so replicas
+that start together do not race.
 """
 
 from __future__ import annotations
 
 import datetime
+import fcntl
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, ClassVar
 
+import anyio
 from sqlalchemy import (
     BigInteger,
+    Connection,
+    DateTime,
+    Dialect,
     ForeignKey,
     Integer,
     LargeBinary,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     event,
     inspect,
     select,
     text,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+HEAD = "0002"
+"""The newest revision in MIGRATIONS (a test checks that Alembic agrees)."""
+MIGRATE_LOCK = 0x6E7570726F76  # "nuprov": the advisory lock replicas take to migrate
 
 
 def now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
 
+class UtcDateTime(TypeDecorator[datetime.datetime]):
+    """A moment in UTC: ``timestamp with time zone`` on PostgreSQL, naive UTC text on SQLite;
+    always aware UTC to the code. A naive value is refused (it would mean local time somewhere)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(
+        self, value: datetime.datetime | None, dialect: Dialect
+    ) -> datetime.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()}: the database holds UTC moments only")
+        utc = value.astimezone(datetime.UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(
+        self, value: datetime.datetime | None, dialect: Dialect
+    ) -> datetime.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=datetime.UTC) if value.tzinfo is None else value.astimezone(datetime.UTC)
+
+
 class Base(DeclarativeBase):
-    pass
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime.datetime: UtcDateTime}
 
 
 class Device(Base):
@@ -43,6 +83,8 @@ class Device(Base):
     uid: Mapped[str] = mapped_column(String(24), primary_key=True)
     obj_id: Mapped[str] = mapped_column(String(32), unique=True)
     created: Mapped[datetime.datetime]
+    line: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    """The line whose station registered it ('' before lines): only that line may provision it."""
 
 
 class Job(Base):
@@ -57,6 +99,11 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(8), default="open")
     created: Mapped[datetime.datetime]
     created_by: Mapped[str] = mapped_column(Text)
+    lines: Mapped[str] = mapped_column(Text, default="", server_default="")
+    """The lines that may draw on it, comma-separated; '' is every line."""
+
+    def serves(self, line: str) -> bool:
+        return not self.lines or line in self.lines.split(",")
 
 
 class JobDevice(Base):
@@ -106,9 +153,10 @@ class Result(Base):
 
 
 class AuditRow(Base):
-    """Append-only: the server never updates or deletes a row (a trigger refuses it on SQLite),
-    and each row's ``hash`` chains it to the one before (:func:`chain`), so a row changed or
-    removed behind the server's back shows (``cloudserver audit verify``)."""
+    """Append-only: the server never updates or deletes a row (a trigger refuses it, and on
+    PostgreSQL the service's role has no UPDATE or DELETE on it), and each row's ``hash`` chains
+    it to the one before (:func:`chain`), so a row changed or removed behind the server's back
+    shows (``cloudserver audit verify``)."""
 
     __tablename__ = "audit"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -136,78 +184,106 @@ class Revoked(Base):
 def chain(before: str, row: AuditRow) -> str:
     """SHA-256 (hex) of the hash of the row before and this row's fields, canonically."""
     moment = row.time if row.time.tzinfo is None else row.time.astimezone(datetime.UTC).replace(tzinfo=None)
+    # (naive UTC, as SQLite held it when the chain began: the same hash on either database)
     fields = [moment.isoformat(), row.subject, row.action, row.outcome, row.uid, row.job_id, row.detail]
     return hashlib.sha256(f"{before}\n{json.dumps(fields)}".encode()).hexdigest()
 
 
-async def _v1(connection: AsyncConnection) -> None:
-    await connection.run_sync(Base.metadata.create_all)  # a new database: the chain's column too
-    if connection.dialect.name == "sqlite":
-        await _append_only(connection)
-
-
-async def _v2(connection: AsyncConnection) -> None:
-    """The audit hash chain: a column, filled for the rows already there (the SQLite triggers
-    step aside for it)."""
-    sqlite = connection.dialect.name == "sqlite"
-    if sqlite:
+def _legacy(connection: Connection) -> None:
+    """A database from the numbered runner (``schema_version`` 1-3, before Alembic): its missing
+    steps, then stamped as revision 0001, which is schema version 3."""
+    tables = inspect(connection).get_table_names()
+    if "schema_version" not in tables or "alembic_version" in tables:
+        return
+    version = int(connection.execute(text("SELECT MAX(version) FROM schema_version")).scalar() or 0)
+    if version < 2:  # the audit hash chain: a column, filled for the rows there (triggers step aside)
         for verb in ("update", "delete"):
-            await connection.execute(text(f"DROP TRIGGER IF EXISTS audit_no_{verb}"))
-    columns = await connection.run_sync(lambda sync: [c["name"] for c in inspect(sync).get_columns("audit")])
-    if "hash" not in columns:  # a database made before the chain
-        await connection.execute(text("ALTER TABLE audit ADD COLUMN hash VARCHAR(64) NOT NULL DEFAULT ''"))
-    before = ""
-    for row in (await connection.execute(select(AuditRow).order_by(AuditRow.id))).all():
-        before = chain(before, row)  # type: ignore[arg-type]  # a Row with the same fields
-        await connection.execute(text("UPDATE audit SET hash = :h WHERE id = :i"), {"h": before, "i": row.id})
-    if sqlite:
-        await _append_only(connection)
+            connection.execute(text(f"DROP TRIGGER IF EXISTS audit_no_{verb}"))
+        if "hash" not in [c["name"] for c in inspect(connection).get_columns("audit")]:
+            connection.execute(text("ALTER TABLE audit ADD COLUMN hash VARCHAR(64) NOT NULL DEFAULT ''"))
+        before = ""
+        for row in connection.execute(select(AuditRow).order_by(AuditRow.id)).all():
+            before = chain(before, row)  # type: ignore[arg-type]  # a Row with the same fields
+            connection.execute(text("UPDATE audit SET hash = :h WHERE id = :i"), {"h": before, "i": row.id})
+        append_only(connection)
+    if version < 3:
+        Base.metadata.tables["revoked"].create(connection, checkfirst=True)
+    connection.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
+    connection.execute(text("INSERT INTO alembic_version VALUES ('0001')"))
+    connection.execute(text("DROP TABLE schema_version"))
 
 
-async def _append_only(connection: AsyncConnection) -> None:
-    for verb in ("UPDATE", "DELETE"):
-        await connection.execute(
-            text(
-                f"CREATE TRIGGER audit_no_{verb.lower()} BEFORE {verb} ON audit "
-                "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
+def append_only(connection: Connection) -> None:
+    """Triggers that refuse UPDATE and DELETE on the audit log."""
+    if connection.dialect.name == "sqlite":
+        for verb in ("UPDATE", "DELETE"):
+            connection.execute(
+                text(
+                    f"CREATE TRIGGER audit_no_{verb.lower()} BEFORE {verb} ON audit "
+                    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
+                )
             )
+        return
+    connection.execute(
+        text(
+            "CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$"
         )
+    )
+    connection.execute(
+        text(
+            "CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE OR TRUNCATE ON audit "
+            "FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()"
+        )
+    )
 
 
-async def _v3(connection: AsyncConnection) -> None:
-    """Certificate revocation."""
-    await connection.run_sync(lambda sync: Base.metadata.tables["revoked"].create(sync, checkfirst=True))
+def _upgrade(connection: Connection, revision: str) -> str:
+    from alembic import command  # noqa: PLC0415  # Alembic loads its scripts: only when migrating
+    from alembic.config import Config  # noqa: PLC0415
+    from alembic.migration import MigrationContext  # noqa: PLC0415
+
+    if connection.dialect.name == "postgresql":  # held to the transaction's end: one replica migrates
+        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATE_LOCK})
+    _legacy(connection)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+    return str(MigrationContext.configure(connection).get_current_revision())
 
 
-MIGRATIONS: list[Callable[[AsyncConnection], Awaitable[None]]] = [_v1, _v2, _v3]
+async def migrate(engine: AsyncEngine, revision: str = "head") -> str:
+    """Bring the database to ``revision`` (Alembic's); the revision it is at afterwards."""
+    lock = None
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if database and database != ":memory:":  # SQLite: DDL is not under its write lock; a file is
+        lock = Path(f"{database}.migrate-lock").open("w")  # noqa: ASYNC230, SIM115  # tiny, local
+        await anyio.to_thread.run_sync(fcntl.flock, lock, fcntl.LOCK_EX)
+    try:
+        async with engine.begin() as connection:
+            return await connection.run_sync(_upgrade, revision)
+    finally:
+        if lock is not None:
+            lock.close()
 
 
-async def migrate(engine: AsyncEngine) -> int:
-    """Apply the migrations the database lacks; the schema version afterwards."""
-    async with engine.begin() as connection:
-        await connection.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"))
-        found = (await connection.execute(text("SELECT MAX(version) FROM schema_version"))).scalar()
-        version = int(found or 0)
-        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
-            await step(connection)
-            await connection.execute(text("INSERT INTO schema_version (version) VALUES (:v)"), {"v": number})
-            version = number
-    return version
+def _sqlite_pragmas(connection: Any, _record: object) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
 
 
 def engine_for(url: str) -> AsyncEngine:
-    engine = create_async_engine(url)
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(connection: object, _record: object) -> None:
-            cursor = connection.cursor()  # type: ignore[attr-defined]
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-    return engine
+    """An engine for ``url``; PostgreSQL's pool sized for a replica's concurrent requests."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
 
 
 __all__ = [
@@ -219,6 +295,7 @@ __all__ = [
     "Result",
     "Revoked",
     "SignedImage",
+    "append_only",
     "engine_for",
     "migrate",
     "select",

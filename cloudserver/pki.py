@@ -2,8 +2,11 @@
 an admin client certificate and N station client certificates, with separate profiles (the server
 certificate may only authenticate a server, client certificates only a client).
 
-The role of a client is its certificate's organizational unit: ``admin`` or ``station``.
-Production points the settings at its own PKI; the same rules apply.
+The role of a client is its certificate's organizational unit: ``admin`` or ``station``; a station
+certificate names its line in its locality (``L=line-1``): the cloud lets it act only for that
+line's boards and jobs. The CA's private key is written apart from the certificates the server
+reads (``cloudserver init`` puts it beside the data folder, never in it): whoever can read it can
+mint admin certificates. Production points the settings at its own PKI; the same rules apply.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import datetime
 import ipaddress
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -19,20 +23,34 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from nuwire.pem import private_pem
+from nuwire.pem import load_private_key, private_pem
 
 ROLES = ("admin", "station")
 VALIDITY = datetime.timedelta(days=825)
 
 
-def _name(common_name: str, unit: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "nuprov"),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
+DEFAULT_LINE = "line-1"
+
+
+class Identity(NamedTuple):
+    subject: str
+    role: str
+    """'admin', 'station', or '' when the OU names neither."""
+    serial: str
+    """As :func:`serial_text` writes it."""
+    line: str
+    """A station certificate's line (its L attribute); '' when it names none."""
+
+
+def _name(common_name: str, unit: str, line: str = "") -> x509.Name:
+    attributes = [
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "nuprov"),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
+    ]
+    if line:
+        attributes.append(x509.NameAttribute(NameOID.LOCALITY_NAME, line))
+    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attributes)
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
@@ -71,9 +89,14 @@ def _leaf_extensions(usage: x509.ObjectIdentifier) -> list[tuple[x509.ExtensionT
     ]
 
 
-def init_pki(folder: Path, stations: int) -> list[Path]:
-    """Write ca, server, admin and station-NN certificates and keys into ``folder``."""
+def init_pki(
+    folder: Path, stations: int, *, ca_key_folder: Path | None = None, line: str = DEFAULT_LINE
+) -> list[Path]:
+    """Write ca, server, admin and station-NN (of ``line``) certificates and keys into
+    ``folder``; the CA's key into ``ca_key_folder`` (default: ``folder``)."""
     folder.mkdir(parents=True, exist_ok=True)
+    ca_key_folder = ca_key_folder or folder
+    ca_key_folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("nuprov development CA", "ca")
     ca_extensions: list[tuple[x509.ExtensionType, bool]] = [
@@ -83,7 +106,7 @@ def init_pki(folder: Path, stations: int) -> list[Path]:
     ca = _issue(ca_name, ca_key, ca_name, ca_key, ca_extensions)
     written = [folder / "ca.crt"]
     (folder / "ca.crt").write_bytes(ca.public_bytes(Encoding.PEM))
-    _write_key(folder / "ca.key", ca_key)
+    _write_key(ca_key_folder / "ca.key", ca_key)
     server_extensions = [
         *_leaf_extensions(ExtendedKeyUsageOID.SERVER_AUTH),
         (
@@ -97,7 +120,7 @@ def init_pki(folder: Path, stations: int) -> list[Path]:
     leaves.append(("admin", _name("admin", "admin"), _leaf_extensions(ExtendedKeyUsageOID.CLIENT_AUTH)))
     for index in range(1, stations + 1):
         name = f"station-{index:02d}"
-        leaves.append((name, _name(name, "station"), _leaf_extensions(ExtendedKeyUsageOID.CLIENT_AUTH)))
+        leaves.append((name, _name(name, "station", line), _leaf_extensions(ExtendedKeyUsageOID.CLIENT_AUTH)))
     for file_name, subject, extensions in leaves:
         key = ec.generate_private_key(ec.SECP256R1())
         certificate = _issue(subject, key, ca_name, ca_key, extensions)
@@ -107,14 +130,35 @@ def init_pki(folder: Path, stations: int) -> list[Path]:
     return written
 
 
-def identity(der: bytes) -> tuple[str, str, str]:
-    """(subject, role, serial) of a verified client certificate; role is '' when the OU names
-    none; serial as :func:`serial_text` writes it."""
+def issue_client(folder: Path, ca_key: Path, name: str, *, role: str, line: str = "") -> Path:
+    """A new client certificate ``folder/name.crt`` (and its key) for ``role`` (and a station's
+    ``line``), signed by the CA in ``folder/ca.crt`` with ``ca_key``."""
+    if role not in ROLES:
+        raise ValueError(f"role {role!r}: one of {', '.join(ROLES)}")
+    ca = x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
+    issuer_key = load_private_key(ca_key)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = _name(name, role, line if role == "station" else "")
+    certificate = _issue(
+        subject, key, ca.subject, issuer_key, _leaf_extensions(ExtendedKeyUsageOID.CLIENT_AUTH)
+    )
+    (folder / f"{name}.crt").write_bytes(certificate.public_bytes(Encoding.PEM))
+    _write_key(folder / f"{name}.key", key)
+    return folder / f"{name}.crt"
+
+
+def identity(der: bytes) -> Identity:
+    """Who a verified client certificate is."""
     certificate = x509.load_der_x509_certificate(der)
     units = certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    lines = certificate.subject.get_attributes_for_oid(NameOID.LOCALITY_NAME)
     role = str(units[0].value) if units else ""
-    subject = certificate.subject.rfc4514_string()
-    return subject, role if role in ROLES else "", serial_text(certificate.serial_number)
+    return Identity(
+        certificate.subject.rfc4514_string(),
+        role if role in ROLES else "",
+        serial_text(certificate.serial_number),
+        str(lines[0].value) if lines and role == "station" else "",
+    )
 
 
 def serial_text(serial: int | str) -> str:

@@ -5,7 +5,18 @@ action does not happen. Audit actions: ``register``, ``key_create``, ``sign``, `
 ``key_fetch``, ``result``, ``job_create``, ``job_close`` and ``refuse`` (any 4xx), one row each time
 they happen. Keys are made once per (UID, purpose) forever; a signed image is made once per (UID,
 purpose, job) and the same bytes are served on every repeat (ECDSA signatures are randomised).
-Mutations are serialised in the process; the unique constraints keep replicas honest.
+
+Concurrency: the costly work (making a key, signing an image) is done outside any transaction; the
+write that follows holds a row lock on the job (PostgreSQL's ``FOR UPDATE``), so the quota is
+counted once at a time across replicas, and inserts what it made only if nobody did first (``ON
+CONFLICT DO NOTHING`` on the unique constraints): the loser of a race answers with the winner's
+key and image, never a 5xx. The audit chain is extended under a transaction-scoped advisory lock,
+as the last thing before the commit. SQLite (one server) takes its writes one at a time in the
+process. A transaction PostgreSQL aborts as a deadlock or a serialisation failure is run again.
+
+Station authority: a station certificate names its line (:func:`cloudserver.pki.identity`). A UID
+belongs to the line that registered it; a job that names lines serves only those; another line's
+UID, a job not serving the line, and a result for a board the line did not provision are refused.
 """
 
 from __future__ import annotations
@@ -14,12 +25,17 @@ import hashlib
 import os
 import secrets
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import anyio
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from cloudserver.db import (
@@ -34,12 +50,37 @@ from cloudserver.db import (
     chain,
     now,
 )
-from cloudserver.keystore import KeyStore
+from cloudserver.keystore import KeyStore, NewKey
 from nuwire import mcuboot
 from nuwire.keys import public_key_from_raw
 from nuwire.profiles import TargetProfile
 
 PURPOSES = ("bootloader", "application")
+AUDIT_LOCK = 0x61756469  # "audi": the advisory lock that orders the audit chain on PostgreSQL
+RETRYABLE = ("40001", "40P01")  # PostgreSQL: serialization failure, deadlock detected
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """A station's request about one board: who asks, for which line, job, board and purpose."""
+
+    subject: str
+    line: str
+    job_id: str
+    uid: str
+    obj_id: str
+    purpose: str
+
+
+class _LostRace(Exception):
+    """Another request stored the key this request's image was signed with a different key for:
+    sign again with the winner's."""
+
+
+def _retryable(error: DBAPIError) -> bool:
+    code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    return isinstance(error, IntegrityError) or code in RETRYABLE
 
 
 class Refused(Exception):
@@ -58,6 +99,7 @@ class JobSpec:
     application: bytes
     application_version: str
     quantity: int
+    lines: tuple[str, ...] = ()
 
 
 class Service:
@@ -66,7 +108,9 @@ class Service:
         self.keystore = keystore
         self.profile = profile
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self._lock = anyio.Lock()
+        self._postgres = engine.dialect.name == "postgresql"
+        self._writer = anyio.Lock()
+        """SQLite: one write transaction at a time in the process (it has one writer anyway)."""
         self.unavailable_until = 0.0
         """Until this time.monotonic(), provisioning answers 503 (planned maintenance)."""
 
@@ -74,6 +118,42 @@ class Service:
         return f"<Service keystore={self.keystore.name} profile={self.profile.name}>"
 
     # -- audit ------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction whose audit rows are chained in at its end (:meth:`_audit`)."""
+        async with AsyncExitStack() as stack:
+            if not self._postgres:
+                await stack.enter_async_context(self._writer)
+            session = await stack.enter_async_context(self._sessions.begin())
+            yield session
+            rows: list[AuditRow] = session.info.pop("audit", [])
+            if rows:
+                if self._postgres:  # held to the commit: one chain, no fork, across replicas
+                    await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK})
+                last = await session.scalar(select(AuditRow.hash).order_by(AuditRow.id.desc()).limit(1))
+                for row in rows:
+                    row.hash = last = chain(last or "", row)
+                    session.add(row)
+                    await session.flush()  # ids in chain order
+
+    async def _retrying(self, work: Callable[[], Awaitable[T]]) -> T:
+        """``work`` again when the database aborted it for a race (deadlock, serialisation,
+        a unique key another transaction took first); the third time, the error."""
+        for attempt in range(3):
+            try:
+                return await work()
+            except DBAPIError as error:
+                if attempt == 2 or not _retryable(error):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _inserted(self, session: AsyncSession, model: type[Any], **values: Any) -> bool:
+        """INSERT a row unless a unique key of it is there (another request's, maybe in flight
+        on another replica: this waits for it); whether this one went in."""
+        insert = (postgres_insert if self._postgres else sqlite_insert)(model)
+        statement = insert.values(**values).on_conflict_do_nothing().returning(*model.__table__.primary_key)
+        return (await session.execute(statement)).first() is not None
 
     @staticmethod
     async def _audit(
@@ -86,18 +166,16 @@ class Service:
         detail: str = "",
         outcome: str = "ok",
     ) -> None:
-        """One audit row, chained to the last (every caller holds ``_lock``: one chain, no fork)."""
-        last = await session.scalar(select(AuditRow.hash).order_by(AuditRow.id.desc()).limit(1))
+        """One audit row, written with the transaction (:meth:`_write` chains it in)."""
         row = AuditRow(
             time=now(), subject=subject, action=action, outcome=outcome, uid=uid, job_id=job_id, detail=detail
         )
-        row.hash = chain(last or "", row)
-        session.add(row)
+        session.info.setdefault("audit", []).append(row)
 
     async def refusal(
         self, subject: str, action: str, refused: Refused, uid: str | None = None, job_id: str | None = None
     ) -> None:
-        async with self._lock, self._sessions.begin() as session:
+        async with self._write() as session:
             await self._audit(
                 session,
                 subject,
@@ -147,7 +225,7 @@ class Service:
     async def revoke(self, subject: str, serial: str, revoked_subject: str = "", reason: str = "") -> bool:
         """Revoke the certificate ``serial`` (by ``subject``, the person or tool); False when it
         was revoked already."""
-        async with self._lock, self._sessions.begin() as session:
+        async with self._write() as session:
             if await session.get(Revoked, serial) is not None:
                 return False
             session.add(Revoked(serial=serial, subject=revoked_subject, reason=reason, revoked=now()))
@@ -158,20 +236,32 @@ class Service:
 
     async def maintenance(self, subject: str, seconds: int) -> None:
         """Provisioning answers 503 with Retry-After for ``seconds`` (0 ends it)."""
-        async with self._lock, self._sessions.begin() as session:
+        async with self._write() as session:
             await self._audit(session, subject, "maintenance", detail=f"{seconds} s")
         self.unavailable_until = time.monotonic() + seconds
 
     # -- devices ---------------------------------------------------------------------------------
 
-    async def register(self, subject: str, uid: str) -> dict[str, Any]:
-        async with self._lock, self._sessions.begin() as session:
-            device = await session.get(Device, uid)
-            created = device is None
-            if device is None:
-                device = Device(uid=uid, obj_id=secrets.token_hex(16), created=now())
-                session.add(device)
-            await self._audit(session, subject, "register", uid=uid, detail="new" if created else "repeat")
+    async def register(self, subject: str, uid: str, line: str = "") -> dict[str, Any]:
+        """The board's OBJ_ID, made at its first registration; the board belongs to ``line``."""
+
+        async def work() -> Device:
+            async with self._write() as session:
+                fresh = await self._inserted(
+                    session, Device, uid=uid, obj_id=secrets.token_hex(16), created=now(), line=line
+                )
+                device = await session.get(Device, uid, populate_existing=True)
+                assert device is not None  # noqa: S101  # inserted or there before
+                if line and device.line and device.line != line:
+                    raise Refused(
+                        403, "another line's board", f"UID {uid} was registered by line {device.line}", "uid"
+                    )
+                if line and not device.line:  # registered before lines (or by an admin): claimed
+                    device.line = line
+                await self._audit(session, subject, "register", uid=uid, detail="new" if fresh else "repeat")
+            return device
+
+        device = await self._retrying(work)
         return {"uid": device.uid, "obj_id": device.obj_id, "created": device.created.isoformat()}
 
     async def device(self, uid: str) -> dict[str, Any]:
@@ -244,11 +334,16 @@ class Service:
             state="open",
             created=now(),
             created_by=subject,
+            lines=",".join(spec.lines),
         )
-        async with self._lock, self._sessions.begin() as session:
+        async with self._write() as session:
             session.add(job)
             await self._audit(
-                session, subject, "job_create", job_id=job.id, detail=f"quantity {spec.quantity}"
+                session,
+                subject,
+                "job_create",
+                job_id=job.id,
+                detail=f"quantity {spec.quantity} lines {job.lines or 'any'}",
             )
         return await self.job(job.id)
 
@@ -281,10 +376,11 @@ class Service:
                 },
                 "created": job.created.isoformat(),
                 "created_by": job.created_by,
+                "lines": job.lines.split(",") if job.lines else [],
             }
 
     async def close_job(self, subject: str, job_id: str) -> dict[str, Any]:
-        async with self._lock, self._sessions.begin() as session:
+        async with self._write() as session:
             job = await session.get(Job, job_id)
             if job is None:
                 raise Refused(404, "unknown job", f"job {job_id} does not exist", "job_id")
@@ -300,12 +396,17 @@ class Service:
 
     # -- keys and images ---------------------------------------------------------------------------
 
-    async def _checked(self, session: AsyncSession, job_id: str, uid: str, obj_id: str) -> Job:
-        job = await session.get(Job, job_id)
+    async def _checked(self, session: AsyncSession, ask: _Ask, *, lock: bool = False) -> Job:
+        """The job, if it is open and serves the line and the board is registered, with this
+        OBJ_ID, by the line; ``lock``: the job's row locked to the transaction's end."""
+        job_id, uid, obj_id, line = ask.job_id, ask.uid, ask.obj_id, ask.line
+        job = await session.get(Job, job_id, with_for_update=lock, populate_existing=lock)
         if job is None:
             raise Refused(404, "unknown job", f"job {job_id} does not exist", "job_id")
         if job.state != "open":
             raise Refused(409, "job closed", f"job {job_id} is closed", "job_id")
+        if not job.serves(line):
+            raise Refused(403, "not this line's job", f"job {job_id} serves lines {job.lines}, not {line!r}")
         device = await session.get(Device, uid)
         if device is None:
             raise Refused(404, "unknown device", f"UID {uid} is not registered", "uid")
@@ -313,172 +414,181 @@ class Service:
             raise Refused(
                 409, "OBJ_ID mismatch", f"OBJ_ID {obj_id} is not the one registered for UID {uid}", "obj_id"
             )
+        if line and device.line and device.line != line:
+            raise Refused(
+                403, "another line's board", f"UID {uid} was registered by line {device.line}", "uid"
+            )
         return job
 
-    async def _key(self, session: AsyncSession, subject: str, job: Job, uid: str, purpose: str) -> DeviceKey:
-        if await session.get(JobDevice, (job.id, uid)) is None:
-            used = await self._used(session, job.id)
-            if used >= job.quantity:
-                raise Refused(
-                    409,
-                    "quota exhausted",
-                    f"job {job.id} has made all {job.quantity} boards; UID {uid} is not one of them",
-                    "uid",
-                )
+    async def _count(self, session: AsyncSession, job: Job, uid: str, *, take: bool = True) -> None:
+        """The board's quota slot under ``job`` (``take``: taken now if it has none); refused past
+        the quota."""
+        if await session.get(JobDevice, (job.id, uid)) is not None:
+            return
+        if await self._used(session, job.id) >= job.quantity:
+            raise Refused(
+                409,
+                "quota exhausted",
+                f"job {job.id} has made all {job.quantity} boards; UID {uid} is not one of them",
+                "uid",
+            )
+        if take:
             session.add(JobDevice(job_id=job.id, uid=uid, counted=now()))
-        key = (
-            await session.execute(select(DeviceKey).where(DeviceKey.uid == uid, DeviceKey.purpose == purpose))
-        ).scalar()
-        if key is None:
-            made = await anyio.to_thread.run_sync(self.keystore.generate)
-            key = DeviceKey(
-                uid=uid,
-                purpose=purpose,
-                public_key=made.public_key,
-                handle=made.handle,
-                keystore=self.keystore.name,
-                created=now(),
-            )
-            session.add(key)
-            await self._audit(session, subject, "key_create", uid=uid, job_id=job.id, detail=purpose)
-        return key
+            await session.flush()
 
-    async def _image(
-        self, session: AsyncSession, subject: str, job: Job, key: DeviceKey, purpose: str
-    ) -> SignedImage:
-        found = (
-            await session.execute(
-                select(SignedImage).where(
-                    SignedImage.uid == key.uid, SignedImage.purpose == purpose, SignedImage.job_id == job.id
-                )
+    @staticmethod
+    async def _stored(session: AsyncSession, ask: _Ask) -> tuple[Any, Any]:
+        """(the key, the signed image under the job) for (UID, purpose): None where not made."""
+        job_id, uid, purpose = ask.job_id, ask.uid, ask.purpose
+        key = await session.scalar(
+            select(DeviceKey).where(DeviceKey.uid == uid, DeviceKey.purpose == purpose)
+        )
+        image = await session.scalar(
+            select(SignedImage).where(
+                SignedImage.uid == uid, SignedImage.purpose == purpose, SignedImage.job_id == job_id
             )
-        ).scalar()
-        if found is not None:
-            return found
+        )
+        return key, image
+
+    def _sign(self, job: Job, purpose: str, handle: bytes, public_key: bytes) -> bytes:
         slot = getattr(self.profile, f"{purpose}_slot")
         body = job.bootloader_body if purpose == "bootloader" else job.application_body
-        version = job.bootloader_version if purpose == "bootloader" else job.application_version
-        handle = key.handle
-
-        def sign() -> bytes:
-            return mcuboot.build(
-                body,
-                signer=lambda digest: self.keystore.sign_digest(handle, digest),
-                public_key=public_key_from_raw(key.public_key),
-                version=mcuboot.Version.parse(version),
-                key_format=mcuboot.KeyFormat.HASH if purpose == "bootloader" else mcuboot.KeyFormat.FULL,
-                header_size=slot.header_size,
-                load_addr=slot.base,
-            )
-
-        image = await anyio.to_thread.run_sync(sign)
-        signed = SignedImage(
-            uid=key.uid,
-            purpose=purpose,
-            job_id=job.id,
-            image=image,
-            sha256=hashlib.sha256(image).hexdigest(),
-            created=now(),
+        return mcuboot.build(
+            body,
+            signer=lambda digest: self.keystore.sign_digest(handle, digest),
+            public_key=public_key_from_raw(public_key),
+            version=mcuboot.Version.parse(self._version(job, purpose)),
+            key_format=mcuboot.KeyFormat.HASH if purpose == "bootloader" else mcuboot.KeyFormat.FULL,
+            header_size=slot.header_size,
+            load_addr=slot.base,
         )
-        session.add(signed)
-        await self._audit(
-            session,
-            subject,
-            "sign",
-            uid=key.uid,
-            job_id=job.id,
-            detail=f"{purpose} {version} sha256 {signed.sha256}",
-        )
-        return signed
 
-    async def _serve(
-        self, subject: str, job_id: str, uid: str, obj_id: str, *, purpose: str, with_image: bool
-    ) -> dict[str, Any]:
-        for attempt in range(2):
+    @staticmethod
+    def _version(job: Job, purpose: str) -> str:
+        return job.bootloader_version if purpose == "bootloader" else job.application_version
+
+    async def _serve(self, ask: _Ask, *, with_image: bool) -> dict[str, Any]:
+        """The board's key for the purpose (made once, ever) and, ``with_image``, its image signed
+        under the job (made once per job). What is missing is made first, outside any
+        transaction; the write then keeps what another request stored first, if any."""
+        made: NewKey | None = None
+        signed: tuple[bytes, bytes] | None = None  # (public key it was signed for, image)
+        for _ in range(4):
+            async with self._sessions() as session:
+                job = await self._checked(session, ask)
+                key, image = await self._stored(session, ask)
+                if key is None:
+                    await self._count(session, job, ask.uid, take=False)  # past the quota: no work
+            if key is None:
+                made = made or await anyio.to_thread.run_sync(self.keystore.generate)
+                assert made is not None  # noqa: S101  # (for the type checker)
+                handle, public = made.handle, made.public_key
+            else:
+                handle, public = key.handle, key.public_key
+            if with_image and image is None and (signed is None or signed[0] != public):
+                signed = (
+                    public,
+                    await anyio.to_thread.run_sync(self._sign, job, ask.purpose, handle, public),
+                )
             try:
-                async with self._lock, self._sessions.begin() as session:
-                    job = await self._checked(session, job_id, uid, obj_id)
-                    key = await self._key(session, subject, job, uid, purpose)
-                    answer: dict[str, Any] = {
-                        "uid": uid,
-                        "obj_id": obj_id,
-                        "job_id": job_id,
-                        "purpose": purpose,
-                        "public_key": key.public_key.hex(),
-                    }
-                    if with_image:
-                        signed = await self._image(session, subject, job, key, purpose)
-                        answer.update(image=signed.image, sha256=signed.sha256)
-                        await self._audit(
-                            session,
-                            subject,
-                            "image_fetch",
-                            uid=uid,
-                            job_id=job_id,
-                            detail=f"{purpose} sha256 {signed.sha256}",
-                        )
-                    else:
-                        await self._audit(
-                            session, subject, "key_fetch", uid=uid, job_id=job_id, detail=purpose
-                        )
+                return await self._retrying(partial(self._keep, ask, made, signed, with_image=with_image))
+            except _LostRace:
+                continue
+        raise Refused(503, "busy", f"UID {ask.uid}: its {ask.purpose} key kept changing; try again")
+
+    async def _keep(
+        self, ask: _Ask, made: NewKey | None, signed: tuple[bytes, bytes] | None, *, with_image: bool
+    ) -> dict[str, Any]:
+        """The write of :meth:`_serve`: the quota slot under the job's row lock, the key and the
+        image unless stored first by another request, and the audit rows; the answer."""
+        uid, job_id, purpose = ask.uid, ask.job_id, ask.purpose
+        async with self._write() as session:
+            job = await self._checked(session, ask, lock=True)
+            await self._count(session, job, uid)
+            key, image = await self._stored(session, ask)
+            if key is None and made is not None:
+                if await self._inserted(
+                    session, DeviceKey, uid=uid, purpose=purpose, public_key=made.public_key,
+                    handle=made.handle, keystore=self.keystore.name, created=now(),
+                ):  # fmt: skip
+                    await self._audit(
+                        session, ask.subject, "key_create", uid=uid, job_id=job_id, detail=purpose
+                    )
+                key, image = await self._stored(session, ask)
+            if key is None:  # cannot be: made is set whenever no key was found
+                raise _LostRace
+            answer: dict[str, Any] = {
+                "uid": uid, "obj_id": ask.obj_id, "job_id": job_id, "purpose": purpose,
+                "public_key": key.public_key.hex(),
+            }  # fmt: skip
+            if not with_image:
+                await self._audit(session, ask.subject, "key_fetch", uid=uid, job_id=job_id, detail=purpose)
                 return answer
-            except IntegrityError:
-                if attempt:  # another replica won the race twice: give up with a retryable error
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+            if image is None:
+                if signed is None or signed[0] != key.public_key:
+                    raise _LostRace  # signed for a key another request stored first
+                digest = hashlib.sha256(signed[1]).hexdigest()
+                if await self._inserted(
+                    session, SignedImage, uid=uid, purpose=purpose, job_id=job_id, image=signed[1],
+                    sha256=digest, created=now(),
+                ):  # fmt: skip
+                    detail = f"{purpose} {self._version(job, purpose)} sha256 {digest}"
+                    await self._audit(session, ask.subject, "sign", uid=uid, job_id=job_id, detail=detail)
+                _, image = await self._stored(session, ask)
+                assert image is not None  # noqa: S101  # ours, or the one that was there first
+            answer.update(image=image.image, sha256=image.sha256)
+            detail = f"{purpose} sha256 {image.sha256}"
+            await self._audit(session, ask.subject, "image_fetch", uid=uid, job_id=job_id, detail=detail)
+        return answer
 
-    async def bootloader(self, subject: str, job_id: str, uid: str, obj_id: str) -> dict[str, Any]:
-        return await self._serve(subject, job_id, uid, obj_id, purpose="bootloader", with_image=True)
+    async def bootloader(
+        self, subject: str, job_id: str, uid: str, obj_id: str, line: str = ""
+    ) -> dict[str, Any]:
+        return await self._serve(_Ask(subject, line, job_id, uid, obj_id, "bootloader"), with_image=True)
 
-    async def application_key(self, subject: str, job_id: str, uid: str, obj_id: str) -> dict[str, Any]:
-        return await self._serve(subject, job_id, uid, obj_id, purpose="application", with_image=False)
+    async def application_key(
+        self, subject: str, job_id: str, uid: str, obj_id: str, line: str = ""
+    ) -> dict[str, Any]:
+        return await self._serve(_Ask(subject, line, job_id, uid, obj_id, "application"), with_image=False)
 
-    async def application(self, subject: str, job_id: str, uid: str, obj_id: str) -> dict[str, Any]:
-        return await self._serve(subject, job_id, uid, obj_id, purpose="application", with_image=True)
+    async def application(
+        self, subject: str, job_id: str, uid: str, obj_id: str, line: str = ""
+    ) -> dict[str, Any]:
+        return await self._serve(_Ask(subject, line, job_id, uid, obj_id, "application"), with_image=True)
 
     async def result(
-        self, subject: str, job_id: str, uid: str, obj_id: str, *, outcome: str, step: int, reason: str
+        self,
+        subject: str,
+        job_id: str,
+        uid: str,
+        obj_id: str,
+        *,
+        outcome: str,
+        step: int,
+        reason: str,
+        line: str = "",
     ) -> dict[str, Any]:
-        async with self._lock, self._sessions.begin() as session:
-            job = await session.get(Job, job_id)
-            if job is None:
-                raise Refused(404, "unknown job", f"job {job_id} does not exist", "job_id")
-            device = await session.get(Device, uid)
-            if device is None or device.obj_id != obj_id:
-                raise Refused(
-                    409, "OBJ_ID mismatch", f"UID {uid} with OBJ_ID {obj_id} is not registered", "obj_id"
-                )
-            exists = (
-                await session.execute(
-                    select(Result).where(
-                        Result.uid == uid,
-                        Result.job_id == job_id,
-                        Result.outcome == outcome,
-                        Result.step == step,
-                        Result.reason == reason,
+        """A board's outcome, from the line that provisioned it, on an open job (a PASS only for
+        a board counted under the job); a repeat is taken once."""
+
+        async def work() -> None:
+            async with self._write() as session:
+                await self._checked(session, _Ask(subject, line, job_id, uid, obj_id, ""))
+                if outcome == "PASS" and await session.get(JobDevice, (job_id, uid)) is None:
+                    raise Refused(
+                        409,
+                        "not provisioned",
+                        f"UID {uid} has no key under job {job_id}: no PASS for it",
+                        "uid",
                     )
-                )
-            ).scalar()
-            if exists is None:
-                session.add(
-                    Result(
-                        uid=uid,
-                        job_id=job_id,
-                        outcome=outcome,
-                        step=step,
-                        reason=reason,
-                        reported_by=subject,
-                        created=now(),
-                    )
-                )
-            await self._audit(
-                session,
-                subject,
-                "result",
-                uid=uid,
-                job_id=job_id,
-                detail=f"{outcome} step {step}: {reason}"[:500],
-            )
+                await self._inserted(
+                    session, Result, uid=uid, job_id=job_id, outcome=outcome, step=step, reason=reason,
+                    reported_by=subject, created=now(),
+                )  # fmt: skip
+                detail = f"{outcome} step {step}: {reason}"[:500]
+                await self._audit(session, subject, "result", uid=uid, job_id=job_id, detail=detail)
+
+        await self._retrying(work)
         return {"uid": uid, "job_id": job_id, "outcome": outcome, "step": step, "reason": reason}
 
 

@@ -1,4 +1,5 @@
-"""A real cloud server on 127.0.0.1 (mutual TLS, a port chosen at run time) for each test."""
+"""A real cloud server on 127.0.0.1 (mutual TLS, a port chosen at run time) for each test, on
+SQLite and on a real PostgreSQL (tests/pg.py: one server for the run, a database per test)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from cloudserver.client import CloudClient, client_context
 from cloudserver.pki import init_pki
 from cloudserver.server import run
 from cloudserver.settings import Pkcs11Store, load, write_default
+from tests import pg
 from tests.conftest import system_tool
 
 SOFTHSM_LIBRARY = "/usr/lib/softhsm/libsofthsm2.so"
@@ -25,6 +27,23 @@ class Cloud:
     url: str
     data: Path
     portal: BlockingPortal
+    postgres: pg.Postgres | None = None
+    database: str = ""
+    """PostgreSQL's database name ('' on SQLite)."""
+
+    def sql(self, statement: str) -> list[tuple[str, ...]]:
+        """Run ``statement`` on the server's database as its owner would, behind the server's
+        back (sqlite3 on the file, psql as PostgreSQL's superuser); the rows, as text."""
+        if self.postgres is None:
+            import sqlite3  # noqa: PLC0415
+
+            try:
+                with sqlite3.connect(self.data / "cloud.db") as db:
+                    return [tuple(str(v) for v in row) for row in db.execute(statement)]
+            except sqlite3.DatabaseError as error:
+                raise RuntimeError(f"sqlite3: {error}") from None
+        out = self.postgres.psql(self.database, statement)
+        return [tuple(line.split("|")) for line in out.splitlines() if line]
 
     def client(self, who: str = "station-01", **options: object) -> CloudClient:
         pki = self.data / "pki"
@@ -62,25 +81,42 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
     return hsm
 
 
-def _data(tmp_path: Path) -> Path:
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pg.Postgres]:
+    server = pg.start()
+    yield server
+    server.stop()
+
+
+def _data(tmp_path: Path, database: str = "") -> Path:
+    """A cloud's data folder (``database``: the URL in settings.json, default SQLite's file)."""
     data = tmp_path / "cloud"
     data.mkdir()
-    init_pki(data / "pki", 2)
+    init_pki(data / "pki", 2, ca_key_folder=tmp_path / "ca")
     write_default(data, 0)
+    if database:
+        settings = load(data)
+        settings.database = database
+        (data / "settings.json").write_text(settings.model_dump_json(indent=1))
     return data
 
 
-def _serve(data: Path) -> Iterator[Cloud]:
+def _serve(data: Path, postgres: pg.Postgres | None = None, database: str = "") -> Iterator[Cloud]:
     settings = load(data)
     with start_blocking_portal() as portal:
         url = portal.start_task(run, settings, data)[1]
-        yield Cloud(str(url), data, portal)
+        yield Cloud(str(url), data, portal, postgres, database)
         portal.call(portal.stop, True)
 
 
-@pytest.fixture
-def cloud(tmp_path: Path) -> Iterator[Cloud]:
-    yield from _serve(_data(tmp_path))
+@pytest.fixture(params=["sqlite", "postgres"])
+def cloud(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cloud]:
+    if request.param == "sqlite":
+        yield from _serve(_data(tmp_path))
+        return
+    server: pg.Postgres = request.getfixturevalue("postgres")
+    database = server.new_database()
+    yield from _serve(_data(tmp_path, server.url(database)), server, database)
 
 
 @pytest.fixture
@@ -98,5 +134,5 @@ def hsm_cloud(tmp_path: Path, softhsm: SoftHsm) -> Iterator[Cloud]:
 def foreign_pki(tmp_path: Path) -> Path:
     """Certificates from another CA, with the same names."""
     other = tmp_path / "other"
-    init_pki(other, 1)
+    init_pki(other, 1, ca_key_folder=tmp_path / "other-ca")
     return other

@@ -278,7 +278,7 @@ def test_audit_log_has_exactly_the_expected_rows(cloud: Cloud) -> None:
     import json  # noqa: PLC0415
 
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    station, admin = "CN=station-01,OU=station,O=nuprov", "CN=admin,OU=admin,O=nuprov"
+    station, admin = "CN=station-01,L=line-1,OU=station,O=nuprov", "CN=admin,OU=admin,O=nuprov"
     expected = [
         (admin, "job_create", None),
         (station, "register", uid(1)),
@@ -298,23 +298,30 @@ def test_audit_log_has_exactly_the_expected_rows(cloud: Cloud) -> None:
     assert all(r["job_id"] == job_id for r in rows[2:11])
 
 
-def test_the_audit_log_is_append_only(cloud: Cloud) -> None:
-    import sqlite3  # noqa: PLC0415
+def _past_the_triggers(cloud: Cloud) -> None:
+    """What the database's owner can do: take the append-only triggers away."""
+    if cloud.postgres is None:
+        cloud.sql("DROP TRIGGER audit_no_update")
+        cloud.sql("DROP TRIGGER audit_no_delete")
+    else:
+        cloud.sql("ALTER TABLE audit DISABLE TRIGGER audit_no_change")
 
+
+def test_the_audit_log_is_append_only(cloud: Cloud) -> None:
     async def scenario() -> None:
         async with cloud.client() as station:
             await station.register(uid(3))
 
     anyio.run(scenario)
-    connection = sqlite3.connect(cloud.data / "cloud.db")
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        connection.execute("DELETE FROM audit")
-    connection.close()
+    for statement in ("DELETE FROM audit", "UPDATE audit SET detail = 'x'", "TRUNCATE audit"):
+        if statement.startswith("TRUNCATE") and cloud.postgres is None:
+            continue  # SQLite has no TRUNCATE
+        with pytest.raises(RuntimeError, match="append-only"):
+            cloud.sql(statement)
+    assert cloud.sql("SELECT COUNT(*) FROM audit") == [("1",)]
 
 
 def test_audit_verify_finds_an_update_and_a_delete_done_behind_the_servers_back(cloud: Cloud) -> None:
-    import sqlite3  # noqa: PLC0415
-
     async def scenario() -> None:
         async with cloud.client() as station:
             for n in range(4, 8):
@@ -331,19 +338,15 @@ def test_audit_verify_finds_an_update_and_a_delete_done_behind_the_servers_back(
     held = verify()
     assert held.returncode == 0, held.stdout + held.stderr
     assert held.stdout.startswith("ok: 4 rows chained")
-    with sqlite3.connect(cloud.data / "cloud.db") as db:  # someone with the file, past the triggers
-        db.execute("DROP TRIGGER audit_no_update")
-        db.execute("DROP TRIGGER audit_no_delete")
-        ids = [row[0] for row in db.execute("SELECT id FROM audit ORDER BY id")]
-        db.execute("UPDATE audit SET detail = 'repeat' WHERE id = ?", (ids[1],))
+    _past_the_triggers(cloud)
+    ids = [row[0] for row in cloud.sql("SELECT id FROM audit ORDER BY id")]
+    cloud.sql(f"UPDATE audit SET detail = 'repeat' WHERE id = {int(ids[1])}")  # noqa: S608
     edited = verify()
     assert edited.returncode == 1
     assert f"row {ids[1]}:" in edited.stdout
-    with sqlite3.connect(cloud.data / "cloud.db") as db:
-        db.execute("UPDATE audit SET detail = 'new' WHERE id = ?", (ids[1],))  # put back as it was
-        db.commit()
-        assert verify().returncode == 0
-        db.execute("DELETE FROM audit WHERE id = ?", (ids[2],))
+    cloud.sql(f"UPDATE audit SET detail = 'new' WHERE id = {int(ids[1])}")  # noqa: S608  # as it was
+    assert verify().returncode == 0
+    cloud.sql(f"DELETE FROM audit WHERE id = {int(ids[2])}")  # noqa: S608
     removed = verify()
     assert removed.returncode == 1
     assert f"row {ids[3]}:" in removed.stdout  # the row after the one removed no longer follows
@@ -404,17 +407,20 @@ def test_the_same_contract_holds_with_keys_in_the_hsm(hsm_cloud: Cloud, tmp_path
 
 
 def test_no_audit_row_means_no_action(cloud: Cloud) -> None:
-    import sqlite3  # noqa: PLC0415
-
     from cloudserver.server import open_service  # noqa: PLC0415
     from cloudserver.service import Refused  # noqa: PLC0415
     from cloudserver.settings import load  # noqa: PLC0415
 
-    connection = sqlite3.connect(cloud.data / "cloud.db")
-    connection.execute(
-        "CREATE TRIGGER audit_full BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-    )
-    connection.commit()
+    if cloud.postgres is None:
+        cloud.sql(
+            "CREATE TRIGGER audit_full BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    else:
+        cloud.sql(
+            "CREATE FUNCTION full_disk() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;"
+            " CREATE TRIGGER audit_full BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION full_disk()"
+        )
 
     async def scenario() -> None:
         service = await open_service(load(cloud.data), cloud.data)
@@ -427,27 +433,31 @@ def test_no_audit_row_means_no_action(cloud: Cloud) -> None:
             await service.engine.dispose()
 
     anyio.run(scenario)
-    assert connection.execute("SELECT COUNT(*) FROM devices").fetchone() == (0,)
-    connection.close()
+    assert cloud.sql("SELECT COUNT(*) FROM devices") == [("0",)]
 
 
 def test_a_database_from_before_the_chain_is_chained_by_its_migration(tmp_path: Path) -> None:
     import sqlite3  # noqa: PLC0415
 
-    from cloudserver.db import MIGRATIONS, engine_for, migrate  # noqa: PLC0415
+    from cloudserver.db import HEAD, engine_for, migrate  # noqa: PLC0415
     from cloudserver.keystore import FileKeyStore  # noqa: PLC0415
     from cloudserver.service import Service  # noqa: PLC0415
     from nuwire.profiles import M2354  # noqa: PLC0415
 
     path = tmp_path / "old.db"
 
-    async def scenario() -> tuple[int, int, str | None]:
+    async def scenario() -> tuple[str, int, str | None]:
         engine = engine_for(f"sqlite+aiosqlite:///{path}")
-        await migrate(engine)
+        await migrate(engine, "0001")
         await engine.dispose()
-        with sqlite3.connect(path) as db:  # as schema version 1 left it: rows, no chain
+        with sqlite3.connect(path) as db:  # as the numbered runner's version 1 left it: rows, no chain
+            for verb in ("update", "delete"):
+                db.execute(f"DROP TRIGGER audit_no_{verb}")
             db.execute("ALTER TABLE audit DROP COLUMN hash")
-            db.execute("DELETE FROM schema_version WHERE version > 1")
+            db.execute("DROP TABLE revoked")
+            db.execute("DROP TABLE alembic_version")
+            db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            db.execute("INSERT INTO schema_version VALUES (1)")
             for n in range(3):
                 db.execute(
                     "INSERT INTO audit (time, subject, action, outcome, detail)"
@@ -458,12 +468,24 @@ def test_a_database_from_before_the_chain_is_chained_by_its_migration(tmp_path: 
         version = await migrate(engine)
         service = Service(engine, FileKeyStore(os.urandom(32)), M2354)
         count, _, broken = await service.verify_audit()
+        await service.revoke("CN=x", "01")  # the table version 3 added is there
         await engine.dispose()
         return version, count, broken
 
-    assert anyio.run(scenario) == (len(MIGRATIONS), 3, None)
+    assert anyio.run(scenario) == (HEAD, 3, None)
     with sqlite3.connect(path) as db, pytest.raises(sqlite3.DatabaseError, match="append-only"):
         db.execute("DELETE FROM audit")
+
+
+def test_alembic_knows_the_head_the_code_names(tmp_path: Path) -> None:
+    from alembic.config import Config  # noqa: PLC0415
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+
+    from cloudserver.db import HEAD, MIGRATIONS  # noqa: PLC0415
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_heads() == [HEAD]
 
 
 def test_a_station_past_its_rate_gets_429_with_retry_after_and_the_client_waits(tmp_path: Path) -> None:
