@@ -517,3 +517,59 @@ def test_a_station_past_its_rate_gets_429_with_retry_after_and_the_client_waits(
     finally:
         for _ in serving:  # the generator's teardown: the server stops
             pass
+
+
+def test_a_station_acts_only_for_its_own_line(cloud: Cloud) -> None:
+    """station-01 is of line-1; line-2's station registers its own boards. Each is refused the
+    other's boards, a job that does not serve it, a PASS for a board it has no key for, and any
+    result once the job is closed."""
+    from cloudserver.pki import issue_client  # noqa: PLC0415
+
+    pki = cloud.data / "pki"
+    issue_client(pki, cloud.data.parent / "ca" / "ca.key", "station-b1", role="station", line="line-2")
+
+    async def scenario() -> None:
+        job_id = await new_job(cloud)
+        async with cloud.client("admin") as admin:
+            only_b = (
+                await admin.create_job(
+                    pdid=1,
+                    bootloader=BOOT,
+                    bootloader_version="1.0.0",
+                    application=APP,
+                    application_version="1.0.0",
+                    quantity=5,
+                    lines=["line-2"],
+                )  # fmt: skip
+            )["id"]
+            assert (await admin.job(only_b))["lines"] == ["line-2"]
+        async with cloud.client() as a, cloud.client("station-b1") as b:
+            theirs = await b.register(uid(20))
+            await b.bootloader(only_b, uid(20), theirs)
+            for refused in (
+                a.register(uid(20)),
+                a.bootloader(job_id, uid(20), theirs),
+                a.application_key(job_id, uid(20), theirs),
+                a.report(job_id, uid(20), theirs, outcome="FAIL", step=3, reason="x"),
+            ):
+                with pytest.raises(CloudRefused) as error:
+                    await refused
+                assert (error.value.status, error.value.title) == (403, "another line's board")
+            ours = await a.register(uid(21))
+            with pytest.raises(CloudRefused) as error:
+                await a.bootloader(only_b, uid(21), ours)
+            assert (error.value.status, error.value.title) == (403, "not this line's job")
+            with pytest.raises(CloudRefused) as error:
+                await a.report(job_id, uid(21), ours, outcome="PASS", step=13)
+            assert (error.value.status, error.value.title) == (409, "not provisioned")
+            await a.report(job_id, uid(21), ours, outcome="FAIL", step=1, reason="no SWD")  # a FAIL is fine
+            await a.bootloader(job_id, uid(21), ours)
+            async with cloud.client("admin") as admin:
+                await admin.close_job(job_id)
+            with pytest.raises(CloudRefused) as error:
+                await a.report(job_id, uid(21), ours, outcome="PASS", step=13)
+            assert (error.value.status, error.value.title) == (409, "job closed")
+
+    anyio.run(scenario)
+    rows = cloud.sql("SELECT COUNT(*) FROM audit WHERE action = 'refuse'")
+    assert rows == [("7",)]

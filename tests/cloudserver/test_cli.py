@@ -32,7 +32,20 @@ def test_init_serve_job_device_audit(tmp_path: Path) -> None:
     assert cloudserver("init", "--data", str(data), "--stations", "3").returncode == 0
     assert (data / "pki" / "station-03.crt").exists()
     assert oct((data / "master.key").stat().st_mode & 0o777) == "0o600"
+    assert not list(data.rglob("ca.key"))  # read access to the data folder mints no certificate
+    ca_key = tmp_path / "cloud-ca" / "ca.key"
+    assert oct(ca_key.stat().st_mode & 0o777) == "0o600"
     assert cloudserver("init", "--data", str(data)).returncode == 2  # never overwrites
+    issued = cloudserver(
+        "cert", "issue", "--data", str(data), "--ca-key", str(ca_key), "--line", "B", "station-b1"
+    )
+    assert issued.returncode == 0, issued.stderr
+    assert "L=B" in subprocess.run(
+        ["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", str(data / "pki" / "station-b1.crt")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    upgraded = cloudserver("db", "upgrade", "--data", str(data))
+    assert upgraded.stdout.strip() == "database at revision 0002", upgraded.stderr
     server = subprocess.Popen([venv_tool("cloudserver"), "serve", "--data", str(data), "--port", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     try:
