@@ -4,12 +4,17 @@ One interface, two implementations, one contract test suite (tests/cloudserver/t
 
 - :class:`FileKeyStore`, the embedded default: keys made in this process, stored as blobs encrypted
   with AES-256-GCM under a master key from the settings file (mode 0600).
-- :class:`Pkcs11KeyStore`: keys made in a PKCS#11 token (SoftHSM2 in tests). The private key is
-  sensitive; it leaves the token only wrapped (AES key wrap with padding) under a token-resident,
-  sensitive, non-extractable key-encryption key, and the blob goes to the database, so the fleet is
-  not capped by the token's object count. To sign, the blob is unwrapped inside the token into a
-  sensitive, non-extractable session key, used, and destroyed. PKCS#11 calls are serialised in the
-  process (python-pkcs11 initialises the library without locking; see the project's cloud notes).
+- :class:`FileKeyStore` is for development: whoever reads its master key and the database has
+  every device key.
+- :class:`Pkcs11KeyStore`: keys made in a PKCS#11 token (SoftHSM2 in tests), through PyKCS11. The
+  private key is sensitive; it leaves the token only wrapped (AES key wrap with padding) under a
+  token-resident, sensitive, non-extractable key-encryption key (KEK), and the blob goes to the
+  database, so the fleet is not capped by the token's object count. The KEK carries an unwrap
+  template (CKA_UNWRAP_TEMPLATE: sensitive, not extractable), which the token adds to every key it
+  unwraps and which refuses an unwrap asking otherwise: with the PIN and the database, a key can be
+  used to sign but never read in clear. The KEK cannot encrypt or decrypt, so it cannot be used to
+  open a blob outside an unwrap either. To sign, the blob is unwrapped into a session key, used,
+  and destroyed. PKCS#11 calls are serialised in the process (one session).
 
 Blobs are opaque to the rest of the server: a ``handle``.
 """
@@ -87,107 +92,127 @@ class FileKeyStore:
         return key.sign(digest, ec.ECDSA(Prehashed(SHA256())))
 
 
+P256 = bytes.fromhex("06082a8648ce3d030107")
+"""DER of the OID prime256v1: the EC parameters of every device key."""
+
+
 class Pkcs11KeyStore:
     name = "pkcs11"
 
     def __init__(self, library: str, token_label: str, pin: str, kek_label: str = "nuprov-kek") -> None:
-        import pkcs11  # noqa: PLC0415  # only deployments with an HSM load it
+        import PyKCS11  # noqa: PLC0415  # only deployments with an HSM load it
 
-        self._pkcs11 = pkcs11
-        a = pkcs11.Attribute
-        # python-pkcs11 fills every capability into an unwrap template; a signing key takes only SIGN.
-        self._sign_only = dict.fromkeys(
-            (a.ENCRYPT, a.DECRYPT, a.WRAP, a.UNWRAP, a.VERIFY, a.DERIVE), pkcs11.DEFAULT
-        )
+        self._p = PyKCS11
         self._lock = threading.Lock()
+        self._wrap = PyKCS11.Mechanism(PyKCS11.CKM_AES_KEY_WRAP_PAD)
         try:
-            lib = pkcs11.lib(library)
-            token = lib.get_token(token_label=token_label)
+            lib = PyKCS11.PyKCS11Lib()
+            lib.load(library)
+            self._lib = lib  # the session needs the library loaded for its life
+            slots = [
+                s
+                for s in lib.getSlotList(tokenPresent=True)
+                if lib.getTokenInfo(s).label.strip() == token_label
+            ]
+            if not slots:
+                raise KeyStoreError(f"PKCS#11 token {token_label!r}: not found in {library}")
+            self._session = lib.openSession(slots[0], PyKCS11.CKF_SERIAL_SESSION | PyKCS11.CKF_RW_SESSION)
             try:
-                self._session = token.open(user_pin=pin, rw=True)
-            except pkcs11.UserAlreadyLoggedIn:  # login is per process: another store in it logged in
-                self._session = token.open(rw=True)
-        except pkcs11.PKCS11Error as error:
-            raise KeyStoreError(f"PKCS#11 token {token_label!r}: {type(error).__name__}") from error
+                self._session.login(pin)
+            except PyKCS11.PyKCS11Error as error:
+                if error.value != PyKCS11.CKR_USER_ALREADY_LOGGED_IN:  # login is per process
+                    raise
+        except PyKCS11.PyKCS11Error as error:
+            raise KeyStoreError(f"PKCS#11 token {token_label!r}: {_name(error)}") from error
         self._kek = self._key_encryption_key(kek_label)
 
     def __repr__(self) -> str:
         return "<Pkcs11KeyStore pin=<hidden>>"
 
     def _key_encryption_key(self, label: str) -> Any:
-        p = self._pkcs11
-        with self._lock:
-            try:
-                return self._session.get_key(
-                    key_type=p.KeyType.AES, object_class=p.ObjectClass.SECRET_KEY, label=label
+        p = self._p
+        found = self._session.findObjects([(p.CKA_CLASS, p.CKO_SECRET_KEY), (p.CKA_LABEL, label)])
+        if found:
+            (template,) = self._session.getAttributeValue(found[0], [p.CKA_UNWRAP_TEMPLATE], allAsBinary=True)
+            if not template:
+                raise KeyStoreError(
+                    f"PKCS#11 key {label!r} has no unwrap template: with the PIN, its blobs unwrap as "
+                    "extractable keys; make a new KEK (another kek_label) and new device keys"
                 )
-            except p.NoSuchKey:
-                return self._session.generate_key(
-                    p.KeyType.AES,
-                    256,
-                    label=label,
-                    store=True,
-                    template={
-                        p.Attribute.SENSITIVE: True,
-                        p.Attribute.EXTRACTABLE: False,
-                        p.Attribute.WRAP: True,
-                        p.Attribute.UNWRAP: True,
-                        p.Attribute.ENCRYPT: False,
-                        p.Attribute.DECRYPT: False,
-                    },
-                )
+            return found[0]
+        return self._session.generateKey(
+            [
+                (p.CKA_CLASS, p.CKO_SECRET_KEY),
+                (p.CKA_KEY_TYPE, p.CKK_AES),
+                (p.CKA_VALUE_LEN, 32),
+                (p.CKA_LABEL, label),
+                (p.CKA_TOKEN, True),
+                (p.CKA_PRIVATE, True),
+                (p.CKA_SENSITIVE, True),
+                (p.CKA_EXTRACTABLE, False),
+                (p.CKA_MODIFIABLE, False),
+                (p.CKA_WRAP, True),
+                (p.CKA_UNWRAP, True),
+                (p.CKA_ENCRYPT, False),
+                (p.CKA_DECRYPT, False),
+                (p.CKA_UNWRAP_TEMPLATE, [(p.CKA_SENSITIVE, True), (p.CKA_EXTRACTABLE, False)]),
+            ],
+            p.MechanismAESGENERATEKEY,
+        )
 
     def generate(self) -> NewKey:
-        p = self._pkcs11
-        from pkcs11.util.ec import encode_named_curve_parameters  # noqa: PLC0415
-
+        p = self._p
         with self._lock:
             public = private = None
             try:
-                parameters = self._session.create_domain_parameters(
-                    p.KeyType.EC,
-                    {p.Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
-                    local=True,
-                )
-                public, private = parameters.generate_keypair(
-                    store=False,
-                    private_template={
-                        p.Attribute.SENSITIVE: True,
-                        p.Attribute.EXTRACTABLE: True,
-                        p.Attribute.SIGN: True,
-                    },
-                )
-                wrapped = self._kek.wrap_key(private, mechanism=p.Mechanism.AES_KEY_WRAP_PAD)
-                point = public[p.Attribute.EC_POINT]
-            except p.PKCS11Error as error:
-                raise KeyStoreError(f"PKCS#11 key generation failed: {type(error).__name__}") from error
+                public, private = self._session.generateKeyPair(
+                    [
+                        (p.CKA_CLASS, p.CKO_PUBLIC_KEY), (p.CKA_KEY_TYPE, p.CKK_EC), (p.CKA_TOKEN, False),
+                        (p.CKA_EC_PARAMS, P256), (p.CKA_VERIFY, True),
+                    ],
+                    [
+                        (p.CKA_CLASS, p.CKO_PRIVATE_KEY), (p.CKA_KEY_TYPE, p.CKK_EC), (p.CKA_TOKEN, False),
+                        (p.CKA_PRIVATE, True), (p.CKA_SENSITIVE, True), (p.CKA_EXTRACTABLE, True),
+                        (p.CKA_SIGN, True), (p.CKA_DERIVE, False),
+                    ],
+                    p.MechanismECGENERATEKEYPAIR,
+                )  # fmt: skip
+                wrapped = bytes(self._session.wrapKey(self._kek, private, self._wrap))
+                (point,) = self._session.getAttributeValue(public, [p.CKA_EC_POINT])
+            except p.PyKCS11Error as error:
+                raise KeyStoreError(f"PKCS#11 key generation failed: {_name(error)}") from error
             finally:
                 for made in (private, public):
                     if made is not None:
-                        made.destroy()
-        return NewKey(_raw_from_ec_point(point), wrapped)
+                        self._session.destroyObject(made)
+        return NewKey(_raw_from_ec_point(bytes(point)), wrapped)
 
     def sign_digest(self, handle: bytes, digest: bytes) -> bytes:
-        p = self._pkcs11
+        p = self._p
         with self._lock:
             try:
-                key = self._kek.unwrap_key(
-                    p.ObjectClass.PRIVATE_KEY,
-                    p.KeyType.EC,
+                key = self._session.unwrapKey(
+                    self._kek,
                     handle,
-                    mechanism=p.Mechanism.AES_KEY_WRAP_PAD,
-                    store=False,
-                    capabilities=p.MechanismFlag.SIGN,
-                    template={p.Attribute.SENSITIVE: True, p.Attribute.EXTRACTABLE: False, **self._sign_only},
-                )
+                    [
+                        (p.CKA_CLASS, p.CKO_PRIVATE_KEY), (p.CKA_KEY_TYPE, p.CKK_EC), (p.CKA_TOKEN, False),
+                        (p.CKA_SIGN, True), (p.CKA_SENSITIVE, True), (p.CKA_EXTRACTABLE, False),
+                    ],
+                    self._wrap,
+                )  # fmt: skip
                 try:
-                    raw = key.sign(digest, mechanism=p.Mechanism.ECDSA)
+                    raw = bytes(self._session.sign(key, digest, p.Mechanism(p.CKM_ECDSA)))
                 finally:
-                    key.destroy()
-            except p.PKCS11Error as error:
-                raise KeyStoreError(f"PKCS#11 signing failed: {type(error).__name__}") from error
+                    self._session.destroyObject(key)
+            except p.PyKCS11Error as error:
+                raise KeyStoreError(f"PKCS#11 signing failed: {_name(error)}") from error
         half = len(raw) // 2
         return encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
+
+
+def _name(error: Exception) -> str:
+    """A PKCS#11 error's CKR_ name (never a value that came from the token)."""
+    return str(error).split(" ")[0] or type(error).__name__
 
 
 def _raw_from_ec_point(point: bytes) -> bytes:

@@ -1,7 +1,9 @@
 """DATA_DIR/settings.json: where the server listens, its TLS files, database and key store.
 
-Relative paths are relative to DATA_DIR. ``cloudserver init`` writes a working development file;
-production edits it to point at its own PKI, PostgreSQL URL and PKCS#11 token.
+Relative paths are relative to DATA_DIR; ``{credentials}`` in a path is systemd's credentials
+folder ($CREDENTIALS_DIRECTORY, from LoadCredential= in the unit), so secrets (the PKCS#11 PIN, the
+file key store's master key) need not live in the data folder. ``cloudserver init`` writes a
+working development file; production edits it to point at its own PKI, PostgreSQL URL and token.
 """
 
 from __future__ import annotations
@@ -65,6 +67,14 @@ class Settings(_Strict):
     profile: str = "M2354"
 
     def path(self, data: Path, value: str) -> Path:
+        if "{credentials}" in value:
+            folder = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not folder:
+                raise SettingsError(
+                    f"{data / 'settings.json'}: {value!r} names {{credentials}}, but CREDENTIALS_DIRECTORY "
+                    "is not set (LoadCredential= in the unit sets it)"
+                )
+            value = value.replace("{credentials}", folder)
         candidate = Path(value)
         return candidate if candidate.is_absolute() else data / candidate
 

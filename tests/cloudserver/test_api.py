@@ -540,7 +540,7 @@ def test_a_station_acts_only_for_its_own_line(cloud: Cloud) -> None:
                     application_version="1.0.0",
                     quantity=5,
                     lines=["line-2"],
-                )  # fmt: skip
+                )
             )["id"]
             assert (await admin.job(only_b))["lines"] == ["line-2"]
         async with cloud.client() as a, cloud.client("station-b1") as b:

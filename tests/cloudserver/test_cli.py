@@ -9,7 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import venv_tool
+from cloudserver.db import HEAD
+from tests.conftest import system_tool, venv_tool
 
 
 def cloudserver(*args: str) -> subprocess.CompletedProcess[str]:
@@ -40,12 +41,14 @@ def test_init_serve_job_device_audit(tmp_path: Path) -> None:
         "cert", "issue", "--data", str(data), "--ca-key", str(ca_key), "--line", "B", "station-b1"
     )
     assert issued.returncode == 0, issued.stderr
-    assert "L=B" in subprocess.run(
-        ["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", str(data / "pki" / "station-b1.crt")],
+    subject = subprocess.run(
+        [system_tool("openssl", "openssl"), "x509", "-noout", "-subject", "-nameopt", "RFC2253",
+         "-in", str(data / "pki" / "station-b1.crt")],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
+    assert subject.strip() == "subject=CN=station-b1,L=B,OU=station,O=nuprov"
     upgraded = cloudserver("db", "upgrade", "--data", str(data))
-    assert upgraded.stdout.strip() == "database at revision 0002", upgraded.stderr
+    assert upgraded.stdout.strip() == f"database at revision {HEAD}", upgraded.stderr
     server = subprocess.Popen([venv_tool("cloudserver"), "serve", "--data", str(data), "--port", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     try:

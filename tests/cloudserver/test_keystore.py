@@ -6,7 +6,6 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -70,61 +69,92 @@ def test_file_store_needs_its_own_master_key() -> None:
         FileKeyStore(b"short")
 
 
-def test_pkcs11_private_keys_are_sensitive_and_not_extractable(softhsm: SoftHsm) -> None:
-    import pkcs11  # noqa: PLC0415
-    from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass  # noqa: PLC0415
+ATTACKER = """
+import json, sys
+import PyKCS11 as p
+
+library, label, pin, handle = sys.argv[1], sys.argv[2], sys.argv[3], bytes.fromhex(sys.argv[4])
+lib = p.PyKCS11Lib()
+lib.load(library)
+slot = next(s for s in lib.getSlotList(tokenPresent=True) if lib.getTokenInfo(s).label.strip() == label)
+session = lib.openSession(slot, p.CKF_SERIAL_SESSION | p.CKF_RW_SESSION)
+session.login(pin)
+kek = session.findObjects([(p.CKA_CLASS, p.CKO_SECRET_KEY), (p.CKA_LABEL, "nuprov-kek")])[0]
+wrap = p.Mechanism(p.CKM_AES_KEY_WRAP_PAD)
+base = [(p.CKA_CLASS, p.CKO_PRIVATE_KEY), (p.CKA_KEY_TYPE, p.CKK_EC), (p.CKA_TOKEN, False)]
+found = {}
+
+def attempt(name, work):
+    try:
+        got = work()
+    except p.PyKCS11Error as error:
+        found[name] = "refused: " + str(error).split(" ")[0]
+        return
+    if isinstance(got, list) and None in got:  # PyKCS11's answer to CKR_ATTRIBUTE_SENSITIVE
+        found[name] = "refused: CKR_ATTRIBUTE_SENSITIVE"
+    else:
+        found[name] = "done: " + repr(got)[:80]
+
+def unwrap(*extra):
+    return session.unwrapKey(kek, handle, [*base, *extra], wrap)
+
+attempt("unwrap extractable", lambda: unwrap((p.CKA_EXTRACTABLE, True)))
+attempt("unwrap not sensitive", lambda: unwrap((p.CKA_SENSITIVE, False)))
+attempt("decrypt the blob with the KEK", lambda: session.decrypt(kek, handle, wrap))
+attempt("read the KEK", lambda: session.getAttributeValue(kek, [p.CKA_VALUE]))
+allowed = [*base, (p.CKA_SIGN, True), (p.CKA_SENSITIVE, True), (p.CKA_EXTRACTABLE, False)]
+key = unwrap(*allowed[3:])  # the only way the token allows
+found["unwrapped as"] = repr(session.getAttributeValue(key, [p.CKA_SENSITIVE, p.CKA_EXTRACTABLE]))
+attempt("read the unwrapped key", lambda: session.getAttributeValue(key, [p.CKA_VALUE], True))
+own = session.generateKey([(p.CKA_CLASS, p.CKO_SECRET_KEY), (p.CKA_KEY_TYPE, p.CKK_AES),
+    (p.CKA_VALUE_LEN, 32), (p.CKA_TOKEN, False), (p.CKA_SENSITIVE, False), (p.CKA_EXTRACTABLE, True),
+    (p.CKA_WRAP, True)],
+    p.MechanismAESGENERATEKEY)
+attempt("wrap it under a key of ours", lambda: session.wrapKey(own, key, wrap))
+attempt("wrap it under the KEK", lambda: session.wrapKey(kek, key, wrap))
+print(json.dumps(found))
+"""
+
+
+def test_with_the_pin_and_the_database_no_device_key_can_be_read_in_clear(softhsm: SoftHsm) -> None:
+    """An attacker with the PIN and a device key's blob from the database, in a process of their
+    own: every way to the key in clear is refused by the token; it can only be used to sign."""
+    import json  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
 
     store = Pkcs11KeyStore(SOFTHSM_LIBRARY, softhsm.token, softhsm.pin)
     made = store.generate()
-    token = pkcs11.lib(SOFTHSM_LIBRARY).get_token(token_label=softhsm.token)
-    with token.open(rw=True) as session:  # logged in already: PKCS#11 login is per process
-        kek: Any = session.get_key(
-            key_type=KeyType.AES, object_class=ObjectClass.SECRET_KEY, label="nuprov-kek"
-        )
-        assert kek[Attribute.SENSITIVE] is True
-        assert kek[Attribute.EXTRACTABLE] is False
-        assert kek[Attribute.TOKEN] is True
-        with pytest.raises(pkcs11.PKCS11Error):
-            kek[Attribute.VALUE]
-        # The signing copy as the store makes it: unwrapped inside the token, never readable.
-        key: Any = kek.unwrap_key(
-            ObjectClass.PRIVATE_KEY,
-            KeyType.EC,
-            made.handle,
-            mechanism=pkcs11.Mechanism.AES_KEY_WRAP_PAD,
-            store=False,
-            capabilities=MechanismFlag.SIGN,
-            template={
-                Attribute.SENSITIVE: True,
-                Attribute.EXTRACTABLE: False,
-                **dict.fromkeys(
-                    (
-                        Attribute.ENCRYPT,
-                        Attribute.DECRYPT,
-                        Attribute.WRAP,
-                        Attribute.UNWRAP,
-                        Attribute.VERIFY,
-                        Attribute.DERIVE,
-                    ),
-                    pkcs11.DEFAULT,
-                ),
-            },
-        )
-        assert key[Attribute.SENSITIVE] is True
-        assert key[Attribute.EXTRACTABLE] is False
-        with pytest.raises(pkcs11.PKCS11Error):
-            key[Attribute.VALUE]
-        with pytest.raises(pkcs11.PKCS11Error):
-            kek.wrap_key(key)
-        # No per-device key is left in the token: the fleet lives in the database as wrapped blobs.
-        assert (
-            list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.TOKEN: True})) == []
-        )
-        key.destroy()
-    assert made.handle
+    done = subprocess.run(
+        [sys.executable, "-c", ATTACKER, SOFTHSM_LIBRARY, softhsm.token, softhsm.pin, made.handle.hex()],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found.pop("unwrapped as") == "[True, False]"  # sensitive, not extractable
+    assert all(outcome.startswith("refused: CKR_") for outcome in found.values()), found
+    assert len(found) == 7
     assert verifies(made.public_key, store.sign_digest(made.handle, DIGEST))
 
 
 def test_a_missing_token_is_a_key_store_error(softhsm: SoftHsm) -> None:
     with pytest.raises(KeyStoreError, match="no-such-token"):
         Pkcs11KeyStore(SOFTHSM_LIBRARY, "no-such-token", softhsm.pin)
+
+
+def test_secrets_come_from_systemds_credentials_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloudserver.settings import FileStore, Settings, SettingsError  # noqa: PLC0415
+
+    settings = Settings(keystore=FileStore(master_key_file="{credentials}/master.key"))
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(SettingsError, match="CREDENTIALS_DIRECTORY is not set"):
+        settings.open_keystore(tmp_path)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "master.key").write_bytes(os.urandom(32))
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    store = settings.open_keystore(tmp_path / "data")  # not in the data folder
+    made = store.generate()
+    assert verifies(made.public_key, store.sign_digest(made.handle, DIGEST))

@@ -64,7 +64,7 @@ def fleet(tmp_path: Path, postgres: pg.Postgres) -> Iterator[Fleet]:
             [venv_tool("cloudserver"), "serve", "--data", str(data), "--port", "0"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         for data in (first, second)  # started together on an empty database: one migrates
     ]
     balancer = None
@@ -173,4 +173,5 @@ def test_races_through_haproxy_on_two_replicas_give_one_key_and_an_exact_quota(f
     for round_ in range(1, 4):
         anyio.run(scenario, round_)
     sessions = fleet.sessions()
-    assert len(sessions) == 2 and min(sessions.values()) > 0, sessions  # both replicas served
+    assert len(sessions) == 2, sessions
+    assert min(sessions.values()) > 0, sessions  # both replicas served
