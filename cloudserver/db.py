@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD = "0002"
+HEAD = "0003"
 """The newest revision in MIGRATIONS (a test checks that Alembic agrees)."""
 MIGRATE_LOCK = 0x6E7570726F76  # "nuprov": the advisory lock replicas take to migrate
 
@@ -101,6 +101,8 @@ class Job(Base):
     created_by: Mapped[str] = mapped_column(Text)
     lines: Mapped[str] = mapped_column(Text, default="", server_default="")
     """The lines that may draw on it, comma-separated; '' is every line."""
+    used: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Boards counted against ``quantity`` (rows in job_devices), kept under the job's row lock."""
 
     def serves(self, line: str) -> bool:
         return not self.lines or line in self.lines.split(",")
@@ -181,8 +183,9 @@ class Revoked(Base):
     revoked: Mapped[datetime.datetime]
 
 
-def chain(before: str, row: AuditRow) -> str:
-    """SHA-256 (hex) of the hash of the row before and this row's fields, canonically."""
+def chain(before: str, row: Any) -> str:
+    """SHA-256 (hex) of the hash of the row before and this row's fields, canonically (``row``:
+    anything with an audit row's attributes)."""
     moment = row.time if row.time.tzinfo is None else row.time.astimezone(datetime.UTC).replace(tzinfo=None)
     # (naive UTC, as SQLite held it when the chain began: the same hash on either database)
     fields = [moment.isoformat(), row.subject, row.action, row.outcome, row.uid, row.job_id, row.detail]
@@ -203,7 +206,7 @@ def _legacy(connection: Connection) -> None:
             connection.execute(text("ALTER TABLE audit ADD COLUMN hash VARCHAR(64) NOT NULL DEFAULT ''"))
         before = ""
         for row in connection.execute(select(AuditRow).order_by(AuditRow.id)).all():
-            before = chain(before, row)  # type: ignore[arg-type]  # a Row with the same fields
+            before = chain(before, row)  # (a Row with the same fields)
             connection.execute(text("UPDATE audit SET hash = :h WHERE id = :i"), {"h": before, "i": row.id})
         append_only(connection)
     if version < 3:

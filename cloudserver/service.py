@@ -27,16 +27,17 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from types import SimpleNamespace
+from typing import Any, TypeVar, cast
 
 import anyio
-from sqlalchemy import func, select, text
+from sqlalchemy import Table, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 
 from cloudserver.db import (
     AuditRow,
@@ -61,9 +62,27 @@ RETRYABLE = ("40001", "40P01")  # PostgreSQL: serialization failure, deadlock de
 T = TypeVar("T")
 
 
+def _table(model: type[Any]) -> Table:
+    return cast(Table, model.__table__)
+
+
+JOBS, DEVICES, KEYS, IMAGES, SLOTS, AUDIT, REVOKED, RESULTS = (
+    _table(model) for model in (Job, Device, DeviceKey, SignedImage, JobDevice, AuditRow, Revoked, Result)
+)
+"""The ORM classes' Core tables: the request paths use Core (a few statements each)."""
+
+
+@dataclass
+class _Tx:
+    """AUDIT write transaction: its connection and the audit rows it will chain in at its end."""
+
+    conn: AsyncConnection
+    audit: list[dict[str, Any]] = field(default_factory=list)
+
+
 @dataclass(frozen=True, slots=True)
 class _Ask:
-    """A station's request about one board: who asks, for which line, job, board and purpose."""
+    """AUDIT station's request about one board: who asks, for which line, job, board and purpose."""
 
     subject: str
     line: str
@@ -84,7 +103,7 @@ def _retryable(error: DBAPIError) -> bool:
 
 
 class Refused(Exception):
-    """A request the cloud will not carry out: an HTTP status, a title and a detail naming the field."""
+    """AUDIT request the cloud will not carry out: an HTTP status, a title and a detail naming the field."""
 
     def __init__(self, status: int, title: str, detail: str, field: str = "") -> None:
         super().__init__(detail)
@@ -117,25 +136,23 @@ class Service:
     def __repr__(self) -> str:
         return f"<Service keystore={self.keystore.name} profile={self.profile.name}>"
 
-    # -- audit ------------------------------------------------------------------------------------
+    # -- transactions and audit -------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncSession]:
-        """A write transaction whose audit rows are chained in at its end (:meth:`_audit`)."""
+    async def _write(self) -> AsyncIterator[_Tx]:
+        """AUDIT write transaction (Core, one connection) whose audit rows are chained in at its end."""
         async with AsyncExitStack() as stack:
             if not self._postgres:
                 await stack.enter_async_context(self._writer)
-            session = await stack.enter_async_context(self._sessions.begin())
-            yield session
-            rows: list[AuditRow] = session.info.pop("audit", [])
-            if rows:
+            tx = _Tx(await stack.enter_async_context(self.engine.begin()))
+            yield tx
+            if tx.audit:
                 if self._postgres:  # held to the commit: one chain, no fork, across replicas
-                    await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK})
-                last = await session.scalar(select(AuditRow.hash).order_by(AuditRow.id.desc()).limit(1))
-                for row in rows:
-                    row.hash = last = chain(last or "", row)
-                    session.add(row)
-                    await session.flush()  # ids in chain order
+                    await tx.conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK})
+                last = await tx.conn.scalar(select(AUDIT.c.hash).order_by(AUDIT.c.id.desc()).limit(1))
+                for row in tx.audit:
+                    row["hash"] = last = chain(last or "", SimpleNamespace(**row))
+                await tx.conn.execute(insert(AUDIT), tx.audit)  # ids in list order: the chain's
 
     async def _retrying(self, work: Callable[[], Awaitable[T]]) -> T:
         """``work`` again when the database aborted it for a race (deadlock, serialisation,
@@ -148,16 +165,16 @@ class Service:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _inserted(self, session: AsyncSession, model: type[Any], **values: Any) -> bool:
+    async def _inserted(self, tx: _Tx, table: Table, **values: Any) -> bool:
         """INSERT a row unless a unique key of it is there (another request's, maybe in flight
         on another replica: this waits for it); whether this one went in."""
-        insert = (postgres_insert if self._postgres else sqlite_insert)(model)
-        statement = insert.values(**values).on_conflict_do_nothing().returning(*model.__table__.primary_key)
-        return (await session.execute(statement)).first() is not None
+        statement = (postgres_insert if self._postgres else sqlite_insert)(table)
+        returning = statement.values(**values).on_conflict_do_nothing().returning(*table.primary_key)
+        return (await tx.conn.execute(returning)).first() is not None
 
     @staticmethod
-    async def _audit(
-        session: AsyncSession,
+    def _audit(
+        tx: _Tx,
         subject: str,
         action: str,
         *,
@@ -167,24 +184,17 @@ class Service:
         outcome: str = "ok",
     ) -> None:
         """One audit row, written with the transaction (:meth:`_write` chains it in)."""
-        row = AuditRow(
-            time=now(), subject=subject, action=action, outcome=outcome, uid=uid, job_id=job_id, detail=detail
-        )
-        session.info.setdefault("audit", []).append(row)
+        tx.audit.append(
+            {"time": now(), "subject": subject, "action": action, "outcome": outcome, "uid": uid,
+             "job_id": job_id, "detail": detail}
+        )  # fmt: skip
 
     async def refusal(
         self, subject: str, action: str, refused: Refused, uid: str | None = None, job_id: str | None = None
     ) -> None:
-        async with self._write() as session:
-            await self._audit(
-                session,
-                subject,
-                "refuse",
-                uid=uid,
-                job_id=job_id,
-                detail=f"{action}: {refused.status} {refused.detail}",
-                outcome="refused",
-            )
+        async with self._write() as tx:
+            detail = f"{action}: {refused.status} {refused.detail}"
+            self._audit(tx, subject, "refuse", uid=uid, job_id=job_id, detail=detail, outcome="refused")
 
     async def audit_rows(self) -> list[dict[str, Any]]:
         async with self._sessions() as session:
@@ -219,25 +229,24 @@ class Service:
 
     async def is_revoked(self, serial: str) -> bool:
         """Read on every request (an indexed lookup), so a revocation holds at once on every replica."""
-        async with self._sessions() as session:
-            return await session.get(Revoked, serial) is not None
+        async with self.engine.connect() as conn:
+            return await conn.scalar(select(REVOKED.c.serial).where(REVOKED.c.serial == serial)) is not None
 
     async def revoke(self, subject: str, serial: str, revoked_subject: str = "", reason: str = "") -> bool:
         """Revoke the certificate ``serial`` (by ``subject``, the person or tool); False when it
         was revoked already."""
-        async with self._write() as session:
-            if await session.get(Revoked, serial) is not None:
+        async with self._write() as tx:
+            if not await self._inserted(
+                tx, REVOKED, serial=serial, subject=revoked_subject, reason=reason, revoked=now()
+            ):
                 return False
-            session.add(Revoked(serial=serial, subject=revoked_subject, reason=reason, revoked=now()))
-            await self._audit(
-                session, subject, "cert_revoke", detail=f"serial {serial} {revoked_subject} {reason}"
-            )
+            self._audit(tx, subject, "cert_revoke", detail=f"serial {serial} {revoked_subject} {reason}")
         return True
 
     async def maintenance(self, subject: str, seconds: int) -> None:
         """Provisioning answers 503 with Retry-After for ``seconds`` (0 ends it)."""
-        async with self._write() as session:
-            await self._audit(session, subject, "maintenance", detail=f"{seconds} s")
+        async with self._write() as tx:
+            self._audit(tx, subject, "maintenance", detail=f"{seconds} s")
         self.unavailable_until = time.monotonic() + seconds
 
     # -- devices ---------------------------------------------------------------------------------
@@ -245,20 +254,19 @@ class Service:
     async def register(self, subject: str, uid: str, line: str = "") -> dict[str, Any]:
         """The board's OBJ_ID, made at its first registration; the board belongs to ``line``."""
 
-        async def work() -> Device:
-            async with self._write() as session:
+        async def work() -> Any:
+            async with self._write() as tx:
                 fresh = await self._inserted(
-                    session, Device, uid=uid, obj_id=secrets.token_hex(16), created=now(), line=line
+                    tx, DEVICES, uid=uid, obj_id=secrets.token_hex(16), created=now(), line=line
                 )
-                device = await session.get(Device, uid, populate_existing=True)
-                assert device is not None  # noqa: S101  # inserted or there before
+                device = (await tx.conn.execute(select(DEVICES).where(DEVICES.c.uid == uid))).one()
                 if line and device.line and device.line != line:
                     raise Refused(
                         403, "another line's board", f"UID {uid} was registered by line {device.line}", "uid"
                     )
                 if line and not device.line:  # registered before lines (or by an admin): claimed
-                    device.line = line
-                await self._audit(session, subject, "register", uid=uid, detail="new" if fresh else "repeat")
+                    await tx.conn.execute(update(DEVICES).where(DEVICES.c.uid == uid).values(line=line))
+                self._audit(tx, subject, "register", uid=uid, detail="new" if fresh else "repeat")
             return device
 
         device = await self._retrying(work)
@@ -335,16 +343,12 @@ class Service:
             created=now(),
             created_by=subject,
             lines=",".join(spec.lines),
+            used=0,
         )
-        async with self._write() as session:
-            session.add(job)
-            await self._audit(
-                session,
-                subject,
-                "job_create",
-                job_id=job.id,
-                detail=f"quantity {spec.quantity} lines {job.lines or 'any'}",
-            )
+        async with self._write() as tx:
+            await tx.conn.execute(insert(JOBS).values({c.name: getattr(job, c.name) for c in JOBS.columns}))
+            detail = f"quantity {spec.quantity} lines {job.lines or 'any'}"
+            self._audit(tx, subject, "job_create", job_id=job.id, detail=detail)
         return await self.job(job.id)
 
     async def jobs(self) -> list[dict[str, Any]]:
@@ -357,13 +361,12 @@ class Service:
             job = await session.get(Job, job_id)
             if job is None:
                 raise Refused(404, "unknown job", f"job {job_id} does not exist", "job_id")
-            used = await self._used(session, job_id)
             return {
                 "id": job.id,
                 "pdid": job.pdid,
                 "state": job.state,
                 "quantity": job.quantity,
-                "used": used,
+                "used": job.used,
                 "bootloader": {
                     "version": job.bootloader_version,
                     "size": len(job.bootloader_body),
@@ -380,92 +383,120 @@ class Service:
             }
 
     async def close_job(self, subject: str, job_id: str) -> dict[str, Any]:
-        async with self._write() as session:
-            job = await session.get(Job, job_id)
-            if job is None:
+        async with self._write() as tx:
+            closed = await tx.conn.execute(
+                update(JOBS).where(JOBS.c.id == job_id).values(state="closed").returning(JOBS.c.id)
+            )
+            if closed.first() is None:
                 raise Refused(404, "unknown job", f"job {job_id} does not exist", "job_id")
-            job.state = "closed"
-            await self._audit(session, subject, "job_close", job_id=job_id)
+            self._audit(tx, subject, "job_close", job_id=job_id)
         return await self.job(job_id)
-
-    @staticmethod
-    async def _used(session: AsyncSession, job_id: str) -> int:
-        return int(
-            (await session.execute(select(func.count()).where(JobDevice.job_id == job_id))).scalar_one()
-        )
 
     # -- keys and images ---------------------------------------------------------------------------
 
-    async def _checked(self, session: AsyncSession, ask: _Ask, *, lock: bool = False) -> Job:
-        """The job, if it is open and serves the line and the board is registered, with this
-        OBJ_ID, by the line; ``lock``: the job's row locked to the transaction's end."""
-        job_id, uid, obj_id, line = ask.job_id, ask.uid, ask.obj_id, ask.line
-        job = await session.get(Job, job_id, with_for_update=lock, populate_existing=lock)
-        if job is None:
+    async def _look(self, conn: AsyncConnection, ask: _Ask, *, image: bool) -> Any:
+        """One read of all a request needs: the job, the board, its key and (``image``) its signed
+        image for the purpose, and whether it is counted under the job. Refused when the job is
+        unknown, closed or not the line's, or the board unknown, of another OBJ_ID or line."""
+        columns = [
+            JOBS.c.state,
+            JOBS.c.lines,
+            DEVICES.c.obj_id,
+            DEVICES.c.line,
+            KEYS.c.handle,
+            KEYS.c.public_key,
+            SLOTS.c.uid.label("counted"),
+        ]
+        if image:
+            columns += [IMAGES.c.image, IMAGES.c.sha256]
+        statement = (
+            select(*columns)
+            .select_from(JOBS)
+            .outerjoin(DEVICES, DEVICES.c.uid == ask.uid)
+            .outerjoin(KEYS, (KEYS.c.uid == ask.uid) & (KEYS.c.purpose == ask.purpose))
+            .outerjoin(SLOTS, (SLOTS.c.job_id == JOBS.c.id) & (SLOTS.c.uid == ask.uid))
+            .where(JOBS.c.id == ask.job_id)
+        )
+        if image:
+            statement = statement.outerjoin(
+                IMAGES,
+                (IMAGES.c.uid == ask.uid)
+                & (IMAGES.c.purpose == ask.purpose)
+                & (IMAGES.c.job_id == JOBS.c.id),
+            )
+        found = (await conn.execute(statement)).first()
+        job_id, uid, line = ask.job_id, ask.uid, ask.line
+        if found is None:
             raise Refused(404, "unknown job", f"job {job_id} does not exist", "job_id")
-        if job.state != "open":
+        if found.state != "open":
             raise Refused(409, "job closed", f"job {job_id} is closed", "job_id")
-        if not job.serves(line):
-            raise Refused(403, "not this line's job", f"job {job_id} serves lines {job.lines}, not {line!r}")
-        device = await session.get(Device, uid)
-        if device is None:
+        if found.lines and line not in found.lines.split(","):
+            raise Refused(
+                403, "not this line's job", f"job {job_id} serves lines {found.lines}, not {line!r}"
+            )
+        if found.obj_id is None:
             raise Refused(404, "unknown device", f"UID {uid} is not registered", "uid")
-        if device.obj_id != obj_id:
-            raise Refused(
-                409, "OBJ_ID mismatch", f"OBJ_ID {obj_id} is not the one registered for UID {uid}", "obj_id"
-            )
-        if line and device.line and device.line != line:
-            raise Refused(
-                403, "another line's board", f"UID {uid} was registered by line {device.line}", "uid"
-            )
-        return job
-
-    async def _count(self, session: AsyncSession, job: Job, uid: str, *, take: bool = True) -> None:
-        """The board's quota slot under ``job`` (``take``: taken now if it has none); refused past
-        the quota."""
-        if await session.get(JobDevice, (job.id, uid)) is not None:
-            return
-        if await self._used(session, job.id) >= job.quantity:
+        if found.obj_id != ask.obj_id:
             raise Refused(
                 409,
-                "quota exhausted",
-                f"job {job.id} has made all {job.quantity} boards; UID {uid} is not one of them",
-                "uid",
+                "OBJ_ID mismatch",
+                f"OBJ_ID {ask.obj_id} is not the one registered for UID {uid}",
+                "obj_id",
             )
-        if take:
-            session.add(JobDevice(job_id=job.id, uid=uid, counted=now()))
-            await session.flush()
+        if line and found.line and found.line != line:
+            raise Refused(
+                403, "another line's board", f"UID {uid} was registered by line {found.line}", "uid"
+            )
+        return found
 
     @staticmethod
-    async def _stored(session: AsyncSession, ask: _Ask) -> tuple[Any, Any]:
-        """(the key, the signed image under the job) for (UID, purpose): None where not made."""
-        job_id, uid, purpose = ask.job_id, ask.uid, ask.purpose
-        key = await session.scalar(
-            select(DeviceKey).where(DeviceKey.uid == uid, DeviceKey.purpose == purpose)
+    def _exhausted(job_id: str, uid: str) -> Refused:
+        return Refused(
+            409,
+            "quota exhausted",
+            f"job {job_id} has made all its boards; UID {uid} is not one of them",
+            "uid",
         )
-        image = await session.scalar(
-            select(SignedImage).where(
-                SignedImage.uid == uid, SignedImage.purpose == purpose, SignedImage.job_id == job_id
-            )
-        )
-        return key, image
 
-    def _sign(self, job: Job, purpose: str, handle: bytes, public_key: bytes) -> bytes:
+    async def _count(self, tx: _Tx, ask: _Ask) -> None:
+        """The board's quota slot under the job, taken now. The job's ``used`` goes up by one
+        only below its quantity, in one statement that row-locks the job: concurrent requests,
+        on any replica, count one at a time."""
+        if not await self._inserted(tx, SLOTS, job_id=ask.job_id, uid=ask.uid, counted=now()):
+            return  # counted already (by a request that raced this one, maybe)
+        taken = await tx.conn.execute(
+            update(JOBS)
+            .where(JOBS.c.id == ask.job_id, JOBS.c.used < JOBS.c.quantity, JOBS.c.state == "open")
+            .values(used=JOBS.c.used + 1)
+            .returning(JOBS.c.used)
+        )
+        if taken.first() is None:
+            raise self._exhausted(ask.job_id, ask.uid)  # the slot's insert is rolled back with it
+
+    def _sign(self, job: Any, purpose: str, handle: bytes, public_key: bytes) -> bytes:
         slot = getattr(self.profile, f"{purpose}_slot")
-        body = job.bootloader_body if purpose == "bootloader" else job.application_body
         return mcuboot.build(
-            body,
+            job.body,
             signer=lambda digest: self.keystore.sign_digest(handle, digest),
             public_key=public_key_from_raw(public_key),
-            version=mcuboot.Version.parse(self._version(job, purpose)),
+            version=mcuboot.Version.parse(job.version),
             key_format=mcuboot.KeyFormat.HASH if purpose == "bootloader" else mcuboot.KeyFormat.FULL,
             header_size=slot.header_size,
             load_addr=slot.base,
         )
 
-    @staticmethod
-    def _version(job: Job, purpose: str) -> str:
-        return job.bootloader_version if purpose == "bootloader" else job.application_version
+    async def _firmware(self, conn: AsyncConnection, job_id: str, purpose: str) -> Any:
+        """(body, version) of the job's firmware for ``purpose``: read only to sign."""
+        body, version = (
+            (JOBS.c.bootloader_body, JOBS.c.bootloader_version)
+            if purpose == "bootloader"
+            else (JOBS.c.application_body, JOBS.c.application_version)
+        )
+        return (
+            await conn.execute(
+                select(body.label("body"), version.label("version")).where(JOBS.c.id == job_id)
+            )
+        ).one()
 
     async def _serve(self, ask: _Ask, *, with_image: bool) -> dict[str, Any]:
         """The board's key for the purpose (made once, ever) and, ``with_image``, its image signed
@@ -474,71 +505,103 @@ class Service:
         made: NewKey | None = None
         signed: tuple[bytes, bytes] | None = None  # (public key it was signed for, image)
         for _ in range(4):
-            async with self._sessions() as session:
-                job = await self._checked(session, ask)
-                key, image = await self._stored(session, ask)
-                if key is None:
-                    await self._count(session, job, ask.uid, take=False)  # past the quota: no work
-            if key is None:
+            async with self.engine.connect() as conn:
+                found = await self._look(conn, ask, image=with_image)
+                if found.counted is None:
+                    used = await conn.scalar(
+                        select(JOBS.c.used >= JOBS.c.quantity).where(JOBS.c.id == ask.job_id)
+                    )
+                    if used:
+                        raise self._exhausted(ask.job_id, ask.uid)  # before any work
+                firmware = (
+                    await self._firmware(conn, ask.job_id, ask.purpose)
+                    if with_image and found.image is None
+                    else None
+                )
+            if found.public_key is None:
                 made = made or await anyio.to_thread.run_sync(self.keystore.generate)
                 assert made is not None  # noqa: S101  # (for the type checker)
                 handle, public = made.handle, made.public_key
             else:
-                handle, public = key.handle, key.public_key
-            if with_image and image is None and (signed is None or signed[0] != public):
+                handle, public = found.handle, found.public_key
+            if firmware is not None and (signed is None or signed[0] != public):
                 signed = (
                     public,
-                    await anyio.to_thread.run_sync(self._sign, job, ask.purpose, handle, public),
+                    await anyio.to_thread.run_sync(self._sign, firmware, ask.purpose, handle, public),
                 )
+            if found.counted is not None and found.public_key is not None and (not with_image or found.image):
+                return await self._retrying(partial(self._fetched, ask, found, with_image=with_image))
             try:
                 return await self._retrying(partial(self._keep, ask, made, signed, with_image=with_image))
             except _LostRace:
                 continue
         raise Refused(503, "busy", f"UID {ask.uid}: its {ask.purpose} key kept changing; try again")
 
+    def _answer(self, ask: _Ask, public_key: bytes) -> dict[str, Any]:
+        return {"uid": ask.uid, "obj_id": ask.obj_id, "job_id": ask.job_id, "purpose": ask.purpose,
+                "public_key": public_key.hex()}  # fmt: skip
+
+    async def _fetched(self, ask: _Ask, found: Any, *, with_image: bool) -> dict[str, Any]:
+        """AUDIT repeat: everything was made before; the answer and its audit row."""
+        answer = self._answer(ask, found.public_key)
+        async with self._write() as tx:
+            if with_image:
+                answer.update(image=found.image, sha256=found.sha256)
+                detail = f"{ask.purpose} sha256 {found.sha256}"
+                self._audit(tx, ask.subject, "image_fetch", uid=ask.uid, job_id=ask.job_id, detail=detail)
+            else:
+                self._audit(tx, ask.subject, "key_fetch", uid=ask.uid, job_id=ask.job_id, detail=ask.purpose)
+        return answer
+
     async def _keep(
         self, ask: _Ask, made: NewKey | None, signed: tuple[bytes, bytes] | None, *, with_image: bool
     ) -> dict[str, Any]:
-        """The write of :meth:`_serve`: the quota slot under the job's row lock, the key and the
-        image unless stored first by another request, and the audit rows; the answer."""
+        """The write of :meth:`_serve`: the quota slot (:meth:`_count`), the key and the image
+        unless stored first by another request, and the audit rows; the answer."""
         uid, job_id, purpose = ask.uid, ask.job_id, ask.purpose
-        async with self._write() as session:
-            job = await self._checked(session, ask, lock=True)
-            await self._count(session, job, uid)
-            key, image = await self._stored(session, ask)
-            if key is None and made is not None:
-                if await self._inserted(
-                    session, DeviceKey, uid=uid, purpose=purpose, public_key=made.public_key,
-                    handle=made.handle, keystore=self.keystore.name, created=now(),
-                ):  # fmt: skip
-                    await self._audit(
-                        session, ask.subject, "key_create", uid=uid, job_id=job_id, detail=purpose
-                    )
-                key, image = await self._stored(session, ask)
-            if key is None:  # cannot be: made is set whenever no key was found
-                raise _LostRace
-            answer: dict[str, Any] = {
-                "uid": uid, "obj_id": ask.obj_id, "job_id": job_id, "purpose": purpose,
-                "public_key": key.public_key.hex(),
-            }  # fmt: skip
+        async with self._write() as tx:
+            await self._count(tx, ask)
+            if made is not None and await self._inserted(
+                tx, KEYS, uid=uid, purpose=purpose, public_key=made.public_key, handle=made.handle,
+                keystore=self.keystore.name, created=now(),
+            ):  # fmt: skip
+                self._audit(tx, ask.subject, "key_create", uid=uid, job_id=job_id, detail=purpose)
+            found = await self._look(tx.conn, ask, image=with_image)  # with what others stored first
+            answer = self._answer(ask, found.public_key)
             if not with_image:
-                await self._audit(session, ask.subject, "key_fetch", uid=uid, job_id=job_id, detail=purpose)
+                self._audit(tx, ask.subject, "key_fetch", uid=uid, job_id=job_id, detail=purpose)
                 return answer
+            image, digest = found.image, found.sha256
             if image is None:
-                if signed is None or signed[0] != key.public_key:
+                if signed is None or signed[0] != found.public_key:
                     raise _LostRace  # signed for a key another request stored first
-                digest = hashlib.sha256(signed[1]).hexdigest()
+                image, digest = signed[1], hashlib.sha256(signed[1]).hexdigest()
                 if await self._inserted(
-                    session, SignedImage, uid=uid, purpose=purpose, job_id=job_id, image=signed[1],
-                    sha256=digest, created=now(),
-                ):  # fmt: skip
-                    detail = f"{purpose} {self._version(job, purpose)} sha256 {digest}"
-                    await self._audit(session, ask.subject, "sign", uid=uid, job_id=job_id, detail=detail)
-                _, image = await self._stored(session, ask)
-                assert image is not None  # noqa: S101  # ours, or the one that was there first
-            answer.update(image=image.image, sha256=image.sha256)
-            detail = f"{purpose} sha256 {image.sha256}"
-            await self._audit(session, ask.subject, "image_fetch", uid=uid, job_id=job_id, detail=detail)
+                    tx,
+                    IMAGES,
+                    uid=uid,
+                    purpose=purpose,
+                    job_id=job_id,
+                    image=image,
+                    sha256=digest,
+                    created=now(),
+                ):
+                    version = (await self._firmware(tx.conn, job_id, purpose)).version
+                    self._audit(
+                        tx,
+                        ask.subject,
+                        "sign",
+                        uid=uid,
+                        job_id=job_id,
+                        detail=f"{purpose} {version} sha256 {digest}",
+                    )
+                else:  # another request's, stored while this one signed
+                    found = await self._look(tx.conn, ask, image=True)
+                    image, digest = found.image, found.sha256
+            answer.update(image=image, sha256=digest)
+            self._audit(
+                tx, ask.subject, "image_fetch", uid=uid, job_id=job_id, detail=f"{purpose} sha256 {digest}"
+            )
         return answer
 
     async def bootloader(
@@ -568,13 +631,14 @@ class Service:
         reason: str,
         line: str = "",
     ) -> dict[str, Any]:
-        """A board's outcome, from the line that provisioned it, on an open job (a PASS only for
+        """AUDIT board's outcome, from the line that provisioned it, on an open job (a PASS only for
         a board counted under the job); a repeat is taken once."""
+        ask = _Ask(subject, line, job_id, uid, obj_id, "")
 
         async def work() -> None:
-            async with self._write() as session:
-                await self._checked(session, _Ask(subject, line, job_id, uid, obj_id, ""))
-                if outcome == "PASS" and await session.get(JobDevice, (job_id, uid)) is None:
+            async with self._write() as tx:
+                found = await self._look(tx.conn, ask, image=False)
+                if outcome == "PASS" and found.counted is None:
                     raise Refused(
                         409,
                         "not provisioned",
@@ -582,11 +646,11 @@ class Service:
                         "uid",
                     )
                 await self._inserted(
-                    session, Result, uid=uid, job_id=job_id, outcome=outcome, step=step, reason=reason,
+                    tx, RESULTS, uid=uid, job_id=job_id, outcome=outcome, step=step, reason=reason,
                     reported_by=subject, created=now(),
                 )  # fmt: skip
                 detail = f"{outcome} step {step}: {reason}"[:500]
-                await self._audit(session, subject, "result", uid=uid, job_id=job_id, detail=detail)
+                self._audit(tx, subject, "result", uid=uid, job_id=job_id, detail=detail)
 
         await self._retrying(work)
         return {"uid": uid, "job_id": job_id, "outcome": outcome, "step": step, "reason": reason}
