@@ -12,6 +12,7 @@ mint admin certificates. Production points the settings at its own PKI; the same
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import os
 from pathlib import Path
@@ -147,8 +148,9 @@ def issue_client(folder: Path, ca_key: Path, name: str, *, role: str, line: str 
     return folder / f"{name}.crt"
 
 
+@functools.lru_cache(maxsize=4096)
 def identity(der: bytes) -> Identity:
-    """Who a verified client certificate is."""
+    """Who a verified client certificate is (remembered: a station sends the same one each time)."""
     certificate = x509.load_der_x509_certificate(der)
     units = certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
     lines = certificate.subject.get_attributes_for_oid(NameOID.LOCALITY_NAME)

@@ -33,7 +33,7 @@ from types import SimpleNamespace
 from typing import Any, TypeVar, cast
 
 import anyio
-from sqlalchemy import Table, insert, select, text, update
+from sqlalchemy import String, Table, bindparam, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -69,7 +69,49 @@ def _table(model: type[Any]) -> Table:
 JOBS, DEVICES, KEYS, IMAGES, SLOTS, AUDIT, REVOKED, RESULTS = (
     _table(model) for model in (Job, Device, DeviceKey, SignedImage, JobDevice, AuditRow, Revoked, Result)
 )
-"""The ORM classes' Core tables: the request paths use Core (a few statements each)."""
+"""The ORM classes' Core tables: the request paths use Core (a few statements each), built once
+with bound parameters (SQLAlchemy then skips building and keying a statement per request)."""
+UID, PURPOSE, JOB = (bindparam(name, type_=String()) for name in ("uid", "purpose", "job_id"))
+LAST_HASH = select(AUDIT.c.hash).order_by(AUDIT.c.id.desc()).limit(1)
+REVOKED_SERIAL = select(REVOKED.c.serial).where(REVOKED.c.serial == bindparam("serial"))
+DEVICE = select(DEVICES).where(DEVICES.c.uid == UID)
+FULL = select(JOBS.c.used >= JOBS.c.quantity).where(JOBS.c.id == JOB)
+COUNT = (
+    update(JOBS)
+    .where(JOBS.c.id == JOB, JOBS.c.used < JOBS.c.quantity, JOBS.c.state == "open")
+    .values(used=JOBS.c.used + 1)
+    .returning(JOBS.c.used)
+)
+FIRMWARE = {
+    purpose: select(body.label("body"), version.label("version")).where(JOBS.c.id == JOB)
+    for purpose, body, version in (
+        ("bootloader", JOBS.c.bootloader_body, JOBS.c.bootloader_version),
+        ("application", JOBS.c.application_body, JOBS.c.application_version),
+    )
+}
+
+
+def _look_statement(image: bool) -> Any:
+    """What :meth:`Service._look` reads, in one statement."""
+    columns = [JOBS.c.state, JOBS.c.lines, DEVICES.c.obj_id, DEVICES.c.line, KEYS.c.handle, KEYS.c.public_key,
+               SLOTS.c.uid.label("counted")]  # fmt: skip
+    if image:
+        columns += [IMAGES.c.image, IMAGES.c.sha256]
+    statement = (
+        select(*columns)
+        .select_from(JOBS)
+        .outerjoin(DEVICES, DEVICES.c.uid == UID)
+        .outerjoin(KEYS, (KEYS.c.uid == UID) & (KEYS.c.purpose == PURPOSE))
+        .outerjoin(SLOTS, (SLOTS.c.job_id == JOBS.c.id) & (SLOTS.c.uid == UID))
+        .where(JOBS.c.id == JOB)
+    )
+    if image:
+        same = (IMAGES.c.uid == UID) & (IMAGES.c.purpose == PURPOSE) & (IMAGES.c.job_id == JOBS.c.id)
+        statement = statement.outerjoin(IMAGES, same)
+    return statement
+
+
+LOOK = {image: _look_statement(image) for image in (False, True)}
 
 
 @dataclass
@@ -128,6 +170,11 @@ class Service:
         self.profile = profile
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._postgres = engine.dialect.name == "postgresql"
+        dialect_insert = postgres_insert if self._postgres else sqlite_insert
+        self._inserts = {
+            table.name: dialect_insert(table).on_conflict_do_nothing().returning(*table.primary_key)
+            for table in (DEVICES, SLOTS, KEYS, IMAGES, RESULTS, REVOKED)
+        }
         self._writer = anyio.Lock()
         """SQLite: one write transaction at a time in the process (it has one writer anyway)."""
         self.unavailable_until = 0.0
@@ -149,7 +196,7 @@ class Service:
             if tx.audit:
                 if self._postgres:  # held to the commit: one chain, no fork, across replicas
                     await tx.conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK})
-                last = await tx.conn.scalar(select(AUDIT.c.hash).order_by(AUDIT.c.id.desc()).limit(1))
+                last = await tx.conn.scalar(LAST_HASH)
                 for row in tx.audit:
                     row["hash"] = last = chain(last or "", SimpleNamespace(**row))
                 await tx.conn.execute(insert(AUDIT), tx.audit)  # ids in list order: the chain's
@@ -168,9 +215,7 @@ class Service:
     async def _inserted(self, tx: _Tx, table: Table, **values: Any) -> bool:
         """INSERT a row unless a unique key of it is there (another request's, maybe in flight
         on another replica: this waits for it); whether this one went in."""
-        statement = (postgres_insert if self._postgres else sqlite_insert)(table)
-        returning = statement.values(**values).on_conflict_do_nothing().returning(*table.primary_key)
-        return (await tx.conn.execute(returning)).first() is not None
+        return (await tx.conn.execute(self._inserts[table.name], values)).first() is not None
 
     @staticmethod
     def _audit(
@@ -230,7 +275,7 @@ class Service:
     async def is_revoked(self, serial: str) -> bool:
         """Read on every request (an indexed lookup), so a revocation holds at once on every replica."""
         async with self.engine.connect() as conn:
-            return await conn.scalar(select(REVOKED.c.serial).where(REVOKED.c.serial == serial)) is not None
+            return await conn.scalar(REVOKED_SERIAL, {"serial": serial}) is not None
 
     async def revoke(self, subject: str, serial: str, revoked_subject: str = "", reason: str = "") -> bool:
         """Revoke the certificate ``serial`` (by ``subject``, the person or tool); False when it
@@ -259,7 +304,7 @@ class Service:
                 fresh = await self._inserted(
                     tx, DEVICES, uid=uid, obj_id=secrets.token_hex(16), created=now(), line=line
                 )
-                device = (await tx.conn.execute(select(DEVICES).where(DEVICES.c.uid == uid))).one()
+                device = (await tx.conn.execute(DEVICE, {"uid": uid})).one()
                 if line and device.line and device.line != line:
                     raise Refused(
                         403, "another line's board", f"UID {uid} was registered by line {device.line}", "uid"
@@ -398,33 +443,8 @@ class Service:
         """One read of all a request needs: the job, the board, its key and (``image``) its signed
         image for the purpose, and whether it is counted under the job. Refused when the job is
         unknown, closed or not the line's, or the board unknown, of another OBJ_ID or line."""
-        columns = [
-            JOBS.c.state,
-            JOBS.c.lines,
-            DEVICES.c.obj_id,
-            DEVICES.c.line,
-            KEYS.c.handle,
-            KEYS.c.public_key,
-            SLOTS.c.uid.label("counted"),
-        ]
-        if image:
-            columns += [IMAGES.c.image, IMAGES.c.sha256]
-        statement = (
-            select(*columns)
-            .select_from(JOBS)
-            .outerjoin(DEVICES, DEVICES.c.uid == ask.uid)
-            .outerjoin(KEYS, (KEYS.c.uid == ask.uid) & (KEYS.c.purpose == ask.purpose))
-            .outerjoin(SLOTS, (SLOTS.c.job_id == JOBS.c.id) & (SLOTS.c.uid == ask.uid))
-            .where(JOBS.c.id == ask.job_id)
-        )
-        if image:
-            statement = statement.outerjoin(
-                IMAGES,
-                (IMAGES.c.uid == ask.uid)
-                & (IMAGES.c.purpose == ask.purpose)
-                & (IMAGES.c.job_id == JOBS.c.id),
-            )
-        found = (await conn.execute(statement)).first()
+        parameters = {"uid": ask.uid, "purpose": ask.purpose, "job_id": ask.job_id}
+        found = (await conn.execute(LOOK[image], parameters)).first()
         job_id, uid, line = ask.job_id, ask.uid, ask.line
         if found is None:
             raise Refused(404, "unknown job", f"job {job_id} does not exist", "job_id")
@@ -464,12 +484,7 @@ class Service:
         on any replica, count one at a time."""
         if not await self._inserted(tx, SLOTS, job_id=ask.job_id, uid=ask.uid, counted=now()):
             return  # counted already (by a request that raced this one, maybe)
-        taken = await tx.conn.execute(
-            update(JOBS)
-            .where(JOBS.c.id == ask.job_id, JOBS.c.used < JOBS.c.quantity, JOBS.c.state == "open")
-            .values(used=JOBS.c.used + 1)
-            .returning(JOBS.c.used)
-        )
+        taken = await tx.conn.execute(COUNT, {"job_id": ask.job_id})
         if taken.first() is None:
             raise self._exhausted(ask.job_id, ask.uid)  # the slot's insert is rolled back with it
 
@@ -485,18 +500,10 @@ class Service:
             load_addr=slot.base,
         )
 
-    async def _firmware(self, conn: AsyncConnection, job_id: str, purpose: str) -> Any:
+    @staticmethod
+    async def _firmware(conn: AsyncConnection, job_id: str, purpose: str) -> Any:
         """(body, version) of the job's firmware for ``purpose``: read only to sign."""
-        body, version = (
-            (JOBS.c.bootloader_body, JOBS.c.bootloader_version)
-            if purpose == "bootloader"
-            else (JOBS.c.application_body, JOBS.c.application_version)
-        )
-        return (
-            await conn.execute(
-                select(body.label("body"), version.label("version")).where(JOBS.c.id == job_id)
-            )
-        ).one()
+        return (await conn.execute(FIRMWARE[purpose], {"job_id": job_id})).one()
 
     async def _serve(self, ask: _Ask, *, with_image: bool) -> dict[str, Any]:
         """The board's key for the purpose (made once, ever) and, ``with_image``, its image signed
@@ -507,12 +514,8 @@ class Service:
         for _ in range(4):
             async with self.engine.connect() as conn:
                 found = await self._look(conn, ask, image=with_image)
-                if found.counted is None:
-                    used = await conn.scalar(
-                        select(JOBS.c.used >= JOBS.c.quantity).where(JOBS.c.id == ask.job_id)
-                    )
-                    if used:
-                        raise self._exhausted(ask.job_id, ask.uid)  # before any work
+                if found.counted is None and await conn.scalar(FULL, {"job_id": ask.job_id}):
+                    raise self._exhausted(ask.job_id, ask.uid)  # before any work
                 firmware = (
                     await self._firmware(conn, ask.job_id, ask.purpose)
                     if with_image and found.image is None
