@@ -50,12 +50,15 @@ class Postgres:
     def url(self, database: str, role: str = SUPERUSER, password: str | None = None) -> str:
         return f"postgresql+asyncpg://{role}:{password or self.password}@127.0.0.1:{self.port}/{database}"
 
-    def psql(self, database: str, sql: str) -> str:
-        """Run ``sql`` with psql as the superuser (someone behind the server's back); its output."""
+    def psql(self, database: str, sql: str, *options: str, role: str = SUPERUSER, password: str = "") -> str:
+        """Run ``sql`` (or ``-f FILE`` in ``options``) with psql, as the superuser (someone behind
+        the server's back) unless ``role`` says otherwise; its output."""
+        command = [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", role,
+                   "-d", database, "-v", "ON_ERROR_STOP=1", "-At", *options]  # fmt: skip
+        command += ["-c", sql] if sql else []
         done = subprocess.run(
-            [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER,
-             "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
-            capture_output=True, text=True, check=False, env={**os.environ, "PGPASSWORD": self.password},
+            command, capture_output=True, text=True, check=False,
+            env={**os.environ, "PGPASSWORD": password or self.password},
         )  # fmt: skip
         if done.returncode:
             raise RuntimeError(f"psql: {done.stderr.strip()}")

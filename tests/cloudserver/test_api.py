@@ -573,3 +573,27 @@ def test_a_station_acts_only_for_its_own_line(cloud: Cloud) -> None:
     anyio.run(scenario)
     rows = cloud.sql("SELECT COUNT(*) FROM audit WHERE action = 'refuse'")
     assert rows == [("7",)]
+
+
+def test_on_postgresql_the_service_role_cannot_change_the_audit_log(cloud: Cloud) -> None:
+    """deploy/postgres/roles.sql, as documented: the service role appends to the audit log and
+    cannot change or remove a row, whatever happens to the trigger."""
+    if cloud.postgres is None:
+        pytest.skip("roles are PostgreSQL's (SQLite has the trigger and the chain)")
+    roles = Path(__file__).parent.parent.parent / "deploy" / "postgres" / "roles.sql"
+    cloud.sql("CREATE ROLE nuprov_service LOGIN PASSWORD 'service-pw'")
+    cloud.postgres.psql(cloud.database, "", "-v", "service=nuprov_service", "-f", str(roles))
+    cloud.sql("ALTER TABLE audit DISABLE TRIGGER audit_no_change")  # only the privileges stand
+
+    def as_service(statement: str) -> str:
+        assert cloud.postgres is not None
+        return cloud.postgres.psql(cloud.database, statement, role="nuprov_service", password="service-pw")  # noqa: S106
+
+    as_service(
+        "INSERT INTO audit (time, subject, action, outcome, detail, hash)"
+        " VALUES (now(), 'CN=x', 'register', 'ok', '', '')"
+    )
+    for statement in ("UPDATE audit SET detail = 'x'", "DELETE FROM audit", "TRUNCATE audit"):
+        with pytest.raises(RuntimeError, match="permission denied"):
+            as_service(statement)
+    assert as_service("SELECT COUNT(*) FROM audit").strip() == "1"
