@@ -559,11 +559,12 @@ class Service:
     async def _keep(
         self, ask: _Ask, made: NewKey | None, signed: tuple[bytes, bytes] | None, *, with_image: bool
     ) -> dict[str, Any]:
-        """The write of :meth:`_serve`: the quota slot (:meth:`_count`), the key and the image
-        unless stored first by another request, and the audit rows; the answer."""
+        """The write of :meth:`_serve`: the key and the image unless stored first by another
+        request, the quota slot (:meth:`_count`: last, so the job's row is locked only for the
+        commit's tail) and the audit rows; the answer. Locks are taken in one order by every
+        request (key, image, job, audit), so no two wait for each other."""
         uid, job_id, purpose = ask.uid, ask.job_id, ask.purpose
         async with self._write() as tx:
-            await self._count(tx, ask)
             if made is not None and await self._inserted(
                 tx, KEYS, uid=uid, purpose=purpose, public_key=made.public_key, handle=made.handle,
                 keystore=self.keystore.name, created=now(),
@@ -572,6 +573,7 @@ class Service:
             found = await self._look(tx.conn, ask, image=with_image)  # with what others stored first
             answer = self._answer(ask, found.public_key)
             if not with_image:
+                await self._count(tx, ask)
                 self._audit(tx, ask.subject, "key_fetch", uid=uid, job_id=job_id, detail=purpose)
                 return answer
             image, digest = found.image, found.sha256
@@ -601,6 +603,7 @@ class Service:
                 else:  # another request's, stored while this one signed
                     found = await self._look(tx.conn, ask, image=True)
                     image, digest = found.image, found.sha256
+            await self._count(tx, ask)
             answer.update(image=image, sha256=digest)
             self._audit(
                 tx, ask.subject, "image_fetch", uid=uid, job_id=job_id, detail=f"{purpose} sha256 {digest}"
