@@ -36,6 +36,12 @@ class RegisterRequest(Strict):
 
 class DeviceRequest(Strict):
     obj_id: OBJ_ID
+    carries: list[Annotated[int, Field(ge=0, le=0xFFFFFFFF)]] | None = Field(
+        default=None,
+        max_length=64,
+        description="the OTP words the board holds for this purpose's key, as read (0xFFFFFFFF blank): "
+        "the cloud makes no new key for a board that already carries one",
+    )
 
 
 BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"

@@ -253,7 +253,10 @@ def _provisioning(method: str) -> Handler:
         job_id, uid = _path(request)
         body = await _body(request, api.DeviceRequest)
         service = request.app[SERVICE]
-        answer = await getattr(service, method)(request[SUBJECT], job_id, uid, body.obj_id, request[LINE])
+        call = getattr(service, method)
+        answer = await call(
+            request[SUBJECT], job_id, uid, body.obj_id, line=request[LINE], carries=body.carries
+        )
         if "image" in answer:
             answer["image"] = base64.b64encode(answer["image"]).decode()
         return _json(answer)

@@ -165,16 +165,25 @@ class CloudClient:
         answer: dict[str, Any] = await self._call("POST", f"/v1/jobs/{job_id}/close")
         return answer
 
-    async def _signed(self, job_id: str, uid: str, obj_id: str, what: str) -> SignedKey:
-        answer = await self._call("POST", f"/v1/jobs/{job_id}/devices/{uid}/{what}", {"obj_id": obj_id})
+    async def _signed(
+        self, job_id: str, uid: str, obj_id: str, what: str, carries: Sequence[int] | None = None
+    ) -> SignedKey:
+        body: dict[str, Any] = {"obj_id": obj_id}
+        if carries is not None:
+            body["carries"] = list(carries)
+        answer = await self._call("POST", f"/v1/jobs/{job_id}/devices/{uid}/{what}", body)
         image = base64.b64decode(answer["image"])
         if hashlib.sha256(image).hexdigest() != answer["sha256"]:
             raise CloudUnavailable(f"{what} image for {uid} arrived damaged (SHA-256 differs)")
         return SignedKey(_public_key(answer["public_key"]), image, answer["sha256"])
 
-    async def bootloader(self, job_id: str, uid: str, obj_id: str) -> SignedKey:
-        """Step 2: the board's bootloader public key and the bootloader signed with it."""
-        return await self._signed(job_id, uid, obj_id, "bootloader")
+    async def bootloader(
+        self, job_id: str, uid: str, obj_id: str, carries: Sequence[int] | None = None
+    ) -> SignedKey:
+        """Step 2: the board's bootloader public key and the bootloader signed with it;
+        ``carries``: the OTP words the board holds for that key (so the cloud never makes a
+        second key for a board that carries one)."""
+        return await self._signed(job_id, uid, obj_id, "bootloader", carries)
 
     async def application_key(self, job_id: str, uid: str, obj_id: str) -> bytes:
         """Step 7: the board's application public key (raw X||Y)."""

@@ -25,7 +25,7 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -58,6 +58,8 @@ from nuwire.profiles import TargetProfile
 
 PURPOSES = ("bootloader", "application")
 AUDIT_LOCK = 0x61756469  # "audi": the advisory lock that orders the audit chain on PostgreSQL
+ERASED = 0xFFFFFFFF
+"""A blank OTP word."""
 RETRYABLE = ("40001", "40P01")  # PostgreSQL: serialization failure, deadlock detected
 T = TypeVar("T")
 
@@ -132,6 +134,12 @@ class _Ask:
     uid: str
     obj_id: str
     purpose: str
+    carries: tuple[int, ...] | None = None
+    """The OTP words the board holds for the purpose's key, as the station read them."""
+
+
+def _words(carries: Sequence[int] | None) -> tuple[int, ...] | None:
+    return None if carries is None else tuple(carries)
 
 
 class _LostRace(Exception):
@@ -514,6 +522,7 @@ class Service:
         for _ in range(4):
             async with self.engine.connect() as conn:
                 found = await self._look(conn, ask, image=with_image)
+                self._check_carried(ask, found.public_key)
                 if found.counted is None and await conn.scalar(FULL, {"job_id": ask.job_id}):
                     raise self._exhausted(ask.job_id, ask.uid)  # before any work
                 firmware = (
@@ -539,6 +548,34 @@ class Service:
             except _LostRace:
                 continue
         raise Refused(503, "busy", f"UID {ask.uid}: its {ask.purpose} key kept changing; try again")
+
+    def _check_carried(self, ask: _Ask, public_key: bytes | None) -> None:
+        """What the board already holds in OTP for this key, against what the cloud knows: a
+        board carrying a key the cloud has no record of (another line's, or one handed out
+        before a restore from an old backup) gets no new key; one carrying words of another key
+        is refused too. Blank words and words of the cloud's own key are fine (a burn cut off)."""
+        if not ask.carries or all(word == ERASED for word in ask.carries):
+            return
+        if public_key is None:
+            raise Refused(
+                409, "key lost",
+                f"UID {ask.uid} carries a {ask.purpose} key in OTP that this cloud has no record of "
+                "(another line's, or handed out before the database was restored): no new key is made",
+                "carries",
+            )  # fmt: skip
+        entries = (
+            self.profile.bootloader_key_entries(public_key)
+            if ask.purpose == "bootloader"
+            else self.profile.app_key_hash_entries(public_key)
+        )
+        ours = [word for entry in entries.values() for word in entry]
+        if len(ask.carries) != len(ours) or any(
+            have not in (want, ERASED) for have, want in zip(ask.carries, ours, strict=True)
+        ):
+            raise Refused(
+                409, "another key burnt",
+                f"UID {ask.uid} carries {ask.purpose} key words in OTP that are not its key's", "carries",
+            )  # fmt: skip
 
     def _answer(self, ask: _Ask, public_key: bytes) -> dict[str, Any]:
         return {"uid": ask.uid, "obj_id": ask.obj_id, "job_id": ask.job_id, "purpose": ask.purpose,
@@ -610,20 +647,20 @@ class Service:
             )
         return answer
 
-    async def bootloader(
-        self, subject: str, job_id: str, uid: str, obj_id: str, line: str = ""
-    ) -> dict[str, Any]:
-        return await self._serve(_Ask(subject, line, job_id, uid, obj_id, "bootloader"), with_image=True)
+    async def bootloader(self, subject: str, job_id: str, uid: str, obj_id: str, *, line: str = "",
+                         carries: Sequence[int] | None = None) -> dict[str, Any]:  # fmt: skip
+        ask = _Ask(subject, line, job_id, uid, obj_id, "bootloader", _words(carries))
+        return await self._serve(ask, with_image=True)
 
-    async def application_key(
-        self, subject: str, job_id: str, uid: str, obj_id: str, line: str = ""
-    ) -> dict[str, Any]:
-        return await self._serve(_Ask(subject, line, job_id, uid, obj_id, "application"), with_image=False)
+    async def application_key(self, subject: str, job_id: str, uid: str, obj_id: str, *, line: str = "",
+                              carries: Sequence[int] | None = None) -> dict[str, Any]:  # fmt: skip
+        ask = _Ask(subject, line, job_id, uid, obj_id, "application", _words(carries))
+        return await self._serve(ask, with_image=False)
 
-    async def application(
-        self, subject: str, job_id: str, uid: str, obj_id: str, line: str = ""
-    ) -> dict[str, Any]:
-        return await self._serve(_Ask(subject, line, job_id, uid, obj_id, "application"), with_image=True)
+    async def application(self, subject: str, job_id: str, uid: str, obj_id: str, *, line: str = "",
+                          carries: Sequence[int] | None = None) -> dict[str, Any]:  # fmt: skip
+        ask = _Ask(subject, line, job_id, uid, obj_id, "application", _words(carries))
+        return await self._serve(ask, with_image=True)
 
     async def result(
         self,

@@ -7,7 +7,7 @@ retry (``defaults.cloud.retry``), each attempt within ``defaults.cloud.timeout_s
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -15,9 +15,12 @@ import httpx
 
 from cloudserver.client import CloudClient, CloudError, CloudRefused, SignedKey, client_context
 from orchestrator.config import LineConfig
-from orchestrator.errors import CloudFailure
+from orchestrator.errors import CloudFailure, Quarantine
 
 T = TypeVar("T")
+CARRIED = ("key lost", "another key burnt")
+"""The cloud's refusals for a board whose OTP already holds a key it did not hand out (or no
+longer knows): QUARANTINE, never a second key."""
 
 
 class CloudPort(Protocol):
@@ -25,7 +28,9 @@ class CloudPort(Protocol):
 
     async def register(self, uid: str) -> str: ...
     async def job(self, job_id: str) -> dict[str, Any]: ...
-    async def bootloader(self, job_id: str, uid: str, obj_id: str) -> SignedKey: ...
+    async def bootloader(
+        self, job_id: str, uid: str, obj_id: str, carries: Sequence[int] | None = None
+    ) -> SignedKey: ...
     async def application_key(self, job_id: str, uid: str, obj_id: str) -> bytes: ...
     async def application(self, job_id: str, uid: str, obj_id: str) -> SignedKey: ...
     async def report(
@@ -63,6 +68,8 @@ class LineCloud:
             late = f"the cloud gave no answer within {self.timeout_s} s"
             raise CloudFailure(late, retryable=True) from None
         except CloudRefused as refused:
+            if refused.title in CARRIED:  # the board holds a key the cloud will not stand behind
+                raise Quarantine(f"the cloud refused: {refused.detail}") from refused
             raise CloudFailure(str(refused), retryable=refused.retryable, status=refused.status) from refused
         except CloudError as error:  # no answer, a TLS handshake refused (CA, certificate), a 5xx, a 429
             after = getattr(error, "retry_after", 0.0)
@@ -74,8 +81,10 @@ class LineCloud:
     async def job(self, job_id: str) -> dict[str, Any]:
         return await self._call(self.client.job(job_id))
 
-    async def bootloader(self, job_id: str, uid: str, obj_id: str) -> SignedKey:
-        return await self._call(self.client.bootloader(job_id, uid, obj_id))
+    async def bootloader(
+        self, job_id: str, uid: str, obj_id: str, carries: Sequence[int] | None = None
+    ) -> SignedKey:
+        return await self._call(self.client.bootloader(job_id, uid, obj_id, carries))
 
     async def application_key(self, job_id: str, uid: str, obj_id: str) -> bytes:
         return await self._call(self.client.application_key(job_id, uid, obj_id))

@@ -110,6 +110,23 @@ async def _within(
         raise ProbeFailure("timeout", late) from None
 
 
+def _judged(words: list[int], wanted: list[int], obj_id: str) -> tuple[bool, str | None]:
+    """(the record is still to be written, what makes the board not this line's)."""
+    try:
+        on_board = decode_obj_id_record(b"".join(w.to_bytes(4, "little") for w in words))
+    except ProtocolError:
+        # A record cut off by a crash while it was written: every word either the cloud's
+        # record or blank is completed; anything else is not ours.
+        if any(w not in (want, otp.ERASED) for w, want in zip(words, wanted, strict=True)):
+            return True, "the board holds a damaged OBJ_ID record that is not this line's"
+        return True, None
+    if on_board is None:
+        return True, None
+    if on_board.hex() != obj_id:
+        return False, f"the board carries OBJ_ID {on_board.hex()}, the cloud says {obj_id}"
+    return False, None
+
+
 @dataclass
 class StationStatus:
     state: str = State.IDLE.value  # set from the station's StationMachine only
@@ -618,29 +635,18 @@ class StationRunner:
         async def record() -> list[int]:
             return [int(w) for w in await self.probe.read_words(p.objid_record, RECORD_SIZE // 4)]
 
-        def judged(words: list[int], wanted: list[int], obj_id: str) -> tuple[bool, str | None]:
-            """(the record is still to be written, what makes the board not this line's)."""
-            try:
-                on_board = decode_obj_id_record(b"".join(w.to_bytes(4, "little") for w in words))
-            except ProtocolError:
-                # A record cut off by a crash while it was written: every word either the cloud's
-                # record or blank is completed; anything else is not ours.
-                if any(w not in (want, otp.ERASED) for w, want in zip(words, wanted, strict=True)):
-                    return True, "the board holds a damaged OBJ_ID record that is not this line's"
-                return True, None
-            if on_board is None:
-                return True, None
-            if on_board.hex() != obj_id:
-                return False, f"the board carries OBJ_ID {on_board.hex()}, the cloud says {obj_id}"
-            return False, None
+        carried: list[int] = []  # the bootloader key's OTP words as step 1 read them (told to the cloud)
 
         async def identity() -> None:
             await self._check_uid(board)
+            carried[:] = [
+                word for entry in await self.probe.read_otp(list(p.otp.bootloader_key)) for word in entry
+            ]
             words = await record()
             obj_id = await self.cloud.register(board.uid)
             encoded = encode_obj_id_record(parse_obj_id(obj_id))
             wanted = [int.from_bytes(encoded[i : i + 4], "little") for i in range(0, len(encoded), 4)]
-            to_write, wrong = judged(words, wanted, obj_id)
+            to_write, wrong = _judged(words, wanted, obj_id)
             if wrong is not None:  # evidence: the same record read twice (a board reset mid-read)
                 if await record() != words:
                     raise ProbeFailure("transfer", "the OBJ_ID record read differently twice")
@@ -654,7 +660,9 @@ class StationRunner:
 
         await self.step(board, 1, _attached(identity))
         signed = await self.step(
-            board, 2, lambda: self.cloud.bootloader(self.line.job_id, board.uid, self._obj(board))
+            board,
+            2,
+            lambda: self.cloud.bootloader(self.line.job_id, board.uid, self._obj(board), carried or None),
         )
         image = mcuboot.parse(signed.image)
         if mcuboot.verify(image, public_key_from_raw(signed.public_key)) is not mcuboot.Verdict.OK:

@@ -597,3 +597,31 @@ def test_on_postgresql_the_service_role_cannot_change_the_audit_log(cloud: Cloud
         with pytest.raises(RuntimeError, match="permission denied"):
             as_service(statement)
     assert as_service("SELECT COUNT(*) FROM audit").strip() == "1"
+
+
+def test_no_second_key_for_a_board_that_carries_one(cloud: Cloud) -> None:
+    """The OTP words the station read are the board's own record of what it was given: a board
+    carrying a key the cloud has no record of (a restore from an old backup, another line) gets
+    no new key and costs no quota; one carrying words of its own key (a burn cut off) is served."""
+    from nuwire.profiles import M2354  # noqa: PLC0415
+
+    blank = [0xFFFFFFFF] * 16
+
+    async def scenario() -> None:
+        job_id = await new_job(cloud, quantity=5)
+        async with cloud.client() as station:
+            lost = await station.register(uid(30))
+            with pytest.raises(CloudRefused) as refused:
+                await station.bootloader(job_id, uid(30), lost, carries=[0x12345678, *blank[1:]])
+            assert (refused.value.status, refused.value.title) == (409, "key lost")
+            assert (await station.job(job_id))["used"] == 0
+            fine = await station.register(uid(31))
+            first = await station.bootloader(job_id, uid(31), fine, carries=blank)
+            words = [w for entry in M2354.bootloader_key_entries(first.public_key).values() for w in entry]
+            half = words[:7] + blank[7:]  # our key, its burn cut off
+            assert (await station.bootloader(job_id, uid(31), fine, carries=half)).image == first.image
+            with pytest.raises(CloudRefused) as refused:
+                await station.bootloader(job_id, uid(31), fine, carries=[words[0] ^ 1, *words[1:]])
+            assert (refused.value.status, refused.value.title) == (409, "another key burnt")
+
+    anyio.run(scenario)
