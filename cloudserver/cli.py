@@ -81,6 +81,7 @@ def _logging() -> None:
     import structlog  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a migration at start says what it did once
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -103,7 +104,24 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.port is not None:
         settings.listen.port = args.port
     _logging()
-    anyio.run(serve_until_signal, settings, args.data)
+    return _unless_unusable(lambda: anyio.run(serve_until_signal, settings, args.data))
+
+
+def _unless_unusable(run: Callable[[], object]) -> int:
+    """``run()``; a setting that cannot be used (a file, the database, the port) is one line
+    naming it and exit 2, not a traceback."""
+    from cloudserver.settings import SettingsError  # noqa: PLC0415
+
+    try:
+        run()
+    except Exception as error:  # anyio wraps what a task raised in exception groups
+        cause: BaseException = error
+        while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
+            cause = cause.exceptions[0]
+        if not isinstance(cause, SettingsError):
+            raise
+        print(f"cloudserver: error: {cause}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -257,8 +275,7 @@ def db_command(args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
 
-    print(f"database at revision {anyio.run(upgrade)}")
-    return 0
+    return _unless_unusable(lambda: print(f"database at revision {anyio.run(upgrade)}"))
 
 
 def _cert_commands(commands: Any) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import resource
 import signal
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,13 @@ from typing import Any
 import anyio
 import structlog
 from aiohttp import web
+from sqlalchemy import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from cloudserver.app import RateLimit, application, server_context
 from cloudserver.db import engine_for, migrate
 from cloudserver.service import Service
-from cloudserver.settings import Settings
+from cloudserver.settings import Settings, SettingsError
 from nuwire.profiles import profile
 
 HANDSHAKE_S = 5.0
@@ -74,20 +77,31 @@ def _quiet_connection_errors(loop: asyncio.AbstractEventLoop) -> None:
 
 
 async def open_service(settings: Settings, data: Path) -> Service:
-    engine = engine_for(settings.database_url(data))
-    await migrate(engine)
-    return Service(engine, settings.open_keystore(data), profile(settings.profile))
+    """The service on its database (migrated) and key store; a SettingsError naming the setting
+    when either cannot be opened."""
+    keystore = settings.open_keystore(data)
+    url = settings.database_url(data)
+    engine = engine_for(url)
+    try:
+        await migrate(engine)
+    except (OSError, SQLAlchemyError) as error:
+        await engine.dispose()
+        where = make_url(url).render_as_string(hide_password=True)
+        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+        raise SettingsError(f"{data / 'settings.json'}: database: {where}: {reason}") from None
+    return Service(engine, keystore, profile(settings.profile))
 
 
 async def run(
     settings: Settings, data: Path, *, task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve until cancelled; ``task_status`` gets the URL (with the port chosen when it was 0)."""
+    certificate, key, client_ca = settings.tls_files(data)
+    try:
+        context = server_context(certificate, key, client_ca)
+    except ssl.SSLError as error:
+        raise SettingsError(f"{data / 'settings.json'}: tls: {certificate}, {key}: {error}") from None
     service = await open_service(settings, data)
-    tls = settings.tls
-    context = server_context(
-        settings.path(data, tls.certificate), settings.path(data, tls.key), settings.path(data, tls.client_ca)
-    )
     limits = settings.limits
     runner = web.AppRunner(
         application(service, RateLimit(limits.station_rate_per_s, limits.station_burst)), access_log=None
@@ -97,7 +111,11 @@ async def run(
         descriptors = _more_descriptors()
         _quiet_connection_errors(asyncio.get_running_loop())
         site = _Site(runner, settings.listen.host, settings.listen.port, ssl_context=context)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as error:
+            where = f"{settings.listen.host}:{settings.listen.port}"
+            raise SettingsError(f"{data / 'settings.json'}: listen: {where}: {error.strerror}") from None
         port = runner.addresses[0][1]
         url = f"https://{settings.listen.host}:{port}"
         (data / "serve.json").write_text(json.dumps({"url": url}))

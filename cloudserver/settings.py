@@ -15,11 +15,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cloudserver.keystore import FileKeyStore, KeyStore, Pkcs11KeyStore
+from cloudserver.keystore import FileKeyStore, KeyStore, KeyStoreError, Pkcs11KeyStore
 
 
 class SettingsError(Exception):
-    """settings.json is missing or wrong; the message names the file and the field."""
+    """settings.json is missing or wrong, or what it names cannot be used; the message names the
+    file, the setting and what is wrong, in one line (``cloudserver serve`` exits 2 with it)."""
 
 
 class _Strict(BaseModel):
@@ -81,12 +82,30 @@ class Settings(_Strict):
     def database_url(self, data: Path) -> str:
         return self.database.replace("{data}", str(data.resolve()))
 
+    def read(self, data: Path, setting: str, value: str) -> bytes:
+        """The file a setting names; a SettingsError naming the setting when it cannot be read."""
+        path = self.path(data, value)
+        try:
+            return path.read_bytes()
+        except OSError as error:
+            raise SettingsError(f"{data / 'settings.json'}: {setting}: {path}: {error.strerror}") from None
+
+    def tls_files(self, data: Path) -> tuple[Path, Path, Path]:
+        """The server certificate, its key and the client CA, each checked readable."""
+        for setting in ("certificate", "key", "client_ca"):
+            self.read(data, f"tls.{setting}", getattr(self.tls, setting))
+        tls = self.tls
+        return self.path(data, tls.certificate), self.path(data, tls.key), self.path(data, tls.client_ca)
+
     def open_keystore(self, data: Path) -> KeyStore:
         store = self.keystore
-        if isinstance(store, FileStore):
-            return FileKeyStore(self.path(data, store.master_key_file).read_bytes())
-        pin = self.path(data, store.pin_file).read_text().strip()
-        return Pkcs11KeyStore(store.library, store.token_label, pin, store.kek_label)
+        try:
+            if isinstance(store, FileStore):
+                return FileKeyStore(self.read(data, "keystore.master_key_file", store.master_key_file))
+            pin = self.read(data, "keystore.pin_file", store.pin_file).decode().strip()
+            return Pkcs11KeyStore(store.library, store.token_label, pin, store.kek_label)
+        except KeyStoreError as error:
+            raise SettingsError(f"{data / 'settings.json'}: keystore: {error}") from None
 
 
 def load(data: Path) -> Settings:

@@ -127,3 +127,43 @@ def test_two_thousand_idle_connections_do_not_keep_a_station_out(tmp_path: Path)
     written = (tmp_path / "serve.log").read_text()
     assert "Traceback" not in written
     assert f'"open_files": {hard}' in written
+
+
+def test_serve_start_up_failures_are_one_line_naming_the_setting(tmp_path: Path) -> None:
+    import socket  # noqa: PLC0415
+
+    data = tmp_path / "cloud"
+    assert cloudserver("init", "--data", str(data), "--port", "0").returncode == 0
+    settings_file = data / "settings.json"
+    original = settings_file.read_text()
+
+    def serve() -> str:
+        done = cloudserver("serve", "--data", str(data))
+        assert done.returncode == 2, done.stdout + done.stderr
+        (line,) = done.stderr.splitlines()  # one line, no traceback
+        assert line.startswith(f"cloudserver: error: {settings_file}: ")
+        return line
+
+    (data / "master.key").rename(tmp_path / "master.key")
+    assert "keystore.master_key_file" in serve()
+    (tmp_path / "master.key").rename(data / "master.key")
+    (data / "pki" / "server.key").rename(tmp_path / "server.key")
+    assert "tls.key" in serve()
+    (tmp_path / "server.key").rename(data / "pki" / "server.key")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = json.loads(original)
+        settings["listen"]["port"] = taken.getsockname()[1]
+        settings_file.write_text(json.dumps(settings))
+        assert "listen: 127.0.0.1:" in serve()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # a port nobody listens on
+        settings = json.loads(original)
+        settings["database"] = (
+            f"postgresql+asyncpg://nuprov:secret-pw@127.0.0.1:{closed.getsockname()[1]}/nuprov"
+        )
+        settings_file.write_text(json.dumps(settings))
+        line = serve()
+    assert "database: postgresql+asyncpg://nuprov:***@127.0.0.1" in line
+    assert "secret-pw" not in line
