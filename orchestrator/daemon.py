@@ -40,6 +40,9 @@ STOP_TIMEOUT_S = 120.0
 """How long a stopping station may take to reach its safe point (a UART group runs to its end):
 under the unit's TimeoutStopSec=180. Past it the station's task is cancelled mid-step, which is
 safe too (the journal has the board open; shielded OTP writes finish first)."""
+RESTART_ONLY = ("line", "target_profile", "cloud", "job_id", "secureisp", "api")
+"""Settings a reload refuses to change: the cloud, the job, the keys and the API are the
+running daemon's identity; a restart applies them."""
 log = structlog.get_logger("orchestrator")
 
 
@@ -61,6 +64,8 @@ class Line:
         self._on_done: Any = lambda: None
         self._stop_timeout_s = STOP_TIMEOUT_S
         self._reload_lock = anyio.Lock()
+        self.notice = ""
+        """What the supervisor must know about the configuration (a reload refused), or ''."""
         self._leaving: dict[str, anyio.Event] = {}  # stations stopping after a reload: shown until parked
         self.boards_done = 0  # since the daemon started; numbers the event stream's board events
         self.board_events: deque[tuple[int, dict[str, Any]]] = deque(maxlen=256)  # the latest only
@@ -132,7 +137,20 @@ class Line:
             config = load(self.config_path)
         except ConfigError as error:
             log.error("config.invalid", error=str(error), kept="the running configuration")
+            self.notice = f"{error} (not applied: the running configuration is kept)"
             return
+        needs_restart = [f for f in RESTART_ONLY if getattr(config, f) != getattr(self.config, f)]
+        if needs_restart:
+            log.error(
+                "config.refused", changed=needs_restart, kept="the running configuration",
+                fix="restart the daemon to apply them",
+            )  # fmt: skip
+            self.notice = (
+                f"{self.config_path}: {', '.join(needs_restart)} changed: a reload cannot apply that; "
+                "restart the daemon (the running configuration is kept, stations too)"
+            )
+            return
+        self.notice = ""
         async with self._reload_lock:  # a signal and a file change may both ask at once
             systemd.notify(
                 "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
@@ -141,7 +159,7 @@ class Line:
             for name in wanted.keys() & self._leaving.keys():  # back before it stopped: one runner per probe
                 await self._leaving[name].wait()
             running = {n: station for n, (station, _, _) in self.stations.items() if n not in self._leaving}
-            # Stations and step settings reload; the cloud, the job and the keys need a restart.
+            # Stations and step settings reload; the rest (RESTART_ONLY) needs a restart.
             self.config = self.config.model_copy(
                 update={"stations": config.stations, "defaults": config.defaults}
             )
@@ -277,6 +295,7 @@ class Line:
                 {
                     "line": self.config.line,
                     "job_id": self.config.job_id,
+                    "notice": self.notice,
                     "time": time.time(),
                     "stations": [self.station_status(name) for name in sorted(self.stations)],
                     "totals": self.totals.as_dict(),

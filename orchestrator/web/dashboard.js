@@ -97,6 +97,8 @@ function renderPareto(failures) {
 function render(snapshot) {
   $("line").textContent = snapshot.line;
   $("job").textContent = snapshot.job_id;
+  $("notice").hidden = !snapshot.notice;
+  $("notice").textContent = snapshot.notice || "";
   const totals = snapshot.totals;
   $("total-pass").textContent = totals.pass;
   $("total-fail").textContent = totals.fail;

@@ -111,3 +111,33 @@ def test_a_station_removed_mid_board_stays_in_view_until_it_has_parked(tmp_path:
         assert seen_stopping
         assert "station-01" in shown
         simulated.stop(daemon)
+
+
+def test_a_reload_that_changes_the_job_is_refused_and_shown(tmp_path: Path) -> None:
+    """Issue 14: the job, the cloud, the keys and the API need a restart; a reload that changes
+    one is refused with a log line naming it and a notice in the status (and the dashboard),
+    and the line goes on as it was."""
+    workdir = tmp_path / "line"
+    config = workdir / "stations.yaml"
+    with simulated_line(workdir, stations=1, boards=2, baud=921_600, app_size=4000, quantity=2) as simulated:
+        full = yaml.safe_load(simulated.stations_yaml)
+        daemon = simulated.daemon()
+        simulated.serving(daemon)
+        url = json.loads((workdir / "api.json").read_text())["url"]
+        config.write_text(yaml.safe_dump({**full, "job_id": "job-000000000000"}, sort_keys=False))
+        daemon.send_signal(signal.SIGHUP)
+        simulated.until(lambda: "config.refused" in simulated.log.read_text(), "the refusal", daemon)
+        status = httpx.get(f"{url}/api/v1/status", timeout=30).json()
+        assert status["job_id"] == full["job_id"]
+        assert "job_id changed" in status["notice"]
+        assert "restart" in status["notice"]
+        simulated.until(lambda: passed(simulated.journal, "station-01") == 2, "both boards", daemon)
+        config.write_text(simulated.stations_yaml)  # put back: the next reload applies and clears it
+        daemon.send_signal(signal.SIGHUP)
+        cleared = lambda: httpx.get(f"{url}/api/v1/status", timeout=30).json()["notice"] == ""  # noqa: E731
+        simulated.until(cleared, "the notice cleared by the reload", daemon)
+        simulated.stop(daemon)
+    refused = [
+        json.loads(line) for line in simulated.log.read_text().splitlines() if "config.refused" in line
+    ]
+    assert refused[0]["changed"] == ["job_id"]

@@ -173,6 +173,20 @@ def test_dashboard_in_chromium_live_updates_pause_and_final_count(demo: Demo) ->
             boxes, key=lambda b: b[1]
         )
         page.screenshot(path=ARTIFACTS / "dashboard-64-stations.png")
+
+        # A reload refused (issue 14): the notice is shown whole above the stations, without hovering.
+        notice = "stations.yaml: job_id changed: a reload cannot apply that; restart the daemon"
+        page.evaluate("snapshot => window.renderSnapshot(snapshot)", {**synthetic, "notice": notice})
+        assert page.is_visible("#notice")
+        assert page.inner_text("#notice") == notice
+        box = page.eval_on_selector(
+            "#notice", "n => [n.scrollWidth <= n.clientWidth, n.getBoundingClientRect().top]"
+        )
+        assert box[0] is True  # nothing cut off
+        assert box[1] < page.eval_on_selector("#stations", "s => s.getBoundingClientRect().top")
+        page.screenshot(path=ARTIFACTS / "dashboard-notice.png")
+        page.evaluate("snapshot => window.renderSnapshot(snapshot)", {**synthetic, "notice": ""})
+        assert not page.is_visible("#notice")
         browser.close()
 
 
