@@ -94,17 +94,16 @@ def _logging() -> None:
 
 def serve_command(args: argparse.Namespace) -> int:
     from cloudserver.server import serve_until_signal  # noqa: PLC0415
-    from cloudserver.settings import SettingsError, load  # noqa: PLC0415
+    from cloudserver.settings import load  # noqa: PLC0415
 
-    try:
+    def serve() -> None:
         settings = load(args.data)
-    except SettingsError as error:
-        print(f"cloudserver: error: {error}", file=sys.stderr)
-        return 2
-    if args.port is not None:
-        settings.listen.port = args.port
-    _logging()
-    return _unless_unusable(lambda: anyio.run(serve_until_signal, settings, args.data))
+        if args.port is not None:
+            settings.listen.port = args.port
+        _logging()
+        anyio.run(serve_until_signal, settings, args.data)
+
+    return _unless_unusable(serve)
 
 
 def _unless_unusable(run: Callable[[], object]) -> int:
@@ -260,16 +259,10 @@ def issue_command(args: argparse.Namespace) -> int:
 
 def db_command(args: argparse.Namespace) -> int:
     from cloudserver.db import engine_for, migrate  # noqa: PLC0415
-    from cloudserver.settings import SettingsError, load  # noqa: PLC0415
-
-    try:
-        settings = load(args.data)
-    except SettingsError as error:
-        print(f"cloudserver: error: {error}", file=sys.stderr)
-        return 2
+    from cloudserver.settings import load  # noqa: PLC0415
 
     async def upgrade() -> str:
-        engine = engine_for(settings.database_url(args.data))
+        engine = engine_for(load(args.data).database_url(args.data))
         try:
             return await migrate(engine, args.revision)
         finally:

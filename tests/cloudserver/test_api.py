@@ -28,7 +28,7 @@ def uid(n: int) -> str:
     return f"{0xC0FFEE00 + n:08X}1111222233334444"
 
 
-async def new_job(cloud: Cloud, quantity: int = 10) -> str:
+async def new_job(cloud: Cloud, quantity: int = 10, lines: tuple[str, ...] = ()) -> str:
     async with cloud.client("admin") as admin:
         job = await admin.create_job(
             pdid=0xA1735440,
@@ -37,6 +37,7 @@ async def new_job(cloud: Cloud, quantity: int = 10) -> str:
             application=APP,
             application_version="2.1.0+7",
             quantity=quantity,
+            lines=lines,
         )
     return str(job["id"])
 
@@ -530,18 +531,8 @@ def test_a_station_acts_only_for_its_own_line(cloud: Cloud) -> None:
 
     async def scenario() -> None:
         job_id = await new_job(cloud)
+        only_b = await new_job(cloud, quantity=5, lines=("line-2",))
         async with cloud.client("admin") as admin:
-            only_b = (
-                await admin.create_job(
-                    pdid=1,
-                    bootloader=BOOT,
-                    bootloader_version="1.0.0",
-                    application=APP,
-                    application_version="1.0.0",
-                    quantity=5,
-                    lines=["line-2"],
-                )
-            )["id"]
             assert (await admin.job(only_b))["lines"] == ["line-2"]
         async with cloud.client() as a, cloud.client("station-b1") as b:
             theirs = await b.register(uid(20))
