@@ -55,11 +55,21 @@ def _config(path: Path) -> Any:
     try:
         return load(path)
     except ConfigError as error:
-        print(f"orchestrator: error: {error}", file=sys.stderr)
+        for problem in error.problems:
+            print(f"orchestrator: error: {problem}", file=sys.stderr)
         return None
 
 
 def check_config(args: argparse.Namespace) -> int:
+    """Every problem at once (validation, files, modes, devices), one line each; exit 2 if any."""
+    from orchestrator.config import check  # noqa: PLC0415
+
+    problems = check(args.file)
+    for problem in problems:
+        print(f"orchestrator: error: {problem}", file=sys.stderr)
+    if problems:
+        print(f"{args.file}: {len(problems)} problem{'s' if len(problems) > 1 else ''}", file=sys.stderr)
+        return 2
     config = _config(args.file)
     if config is None:
         return 2

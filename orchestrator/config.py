@@ -18,7 +18,12 @@ from nuwire.keys import public_key_from_raw
 
 
 class ConfigError(Exception):
-    """An invalid stations.yaml; the message names file, line and field."""
+    """An invalid stations.yaml; the message names file, line and field, one line per problem
+    (``problems``: every one found, not only the first)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 class _Strict(BaseModel):
@@ -89,6 +94,30 @@ class Api(_Strict):
     )
 
 
+def clashes(stations: list[Any]) -> list[str]:
+    """One station per name, per physical probe and per physical UART: a probe id compared
+    without case or pyOCD's ``cmsisdap:`` prefix, a UART by the device its path resolves to
+    (``/dev/serial/by-id/...`` links and ``/dev/ttyACM0`` are one port). ``stations`` as
+    mappings (valid or not); each clash as ``index.field: problem``."""
+    physical: dict[str, Callable[[str], str]] = {
+        "name": lambda v: v,
+        "probe": lambda v: v.lower().removeprefix("cmsisdap:"),
+        "uart": os.path.realpath,
+    }
+    problems = []
+    for field, identity in physical.items():
+        seen: dict[str, int] = {}
+        for index, station in enumerate(stations):
+            value = station.get(field) if isinstance(station, dict) else None
+            if not isinstance(value, str) or not value:
+                continue
+            key = identity(value)
+            if key in seen:
+                problems.append(f"{index}.{field}: {value!r} is already used by station {seen[key]}")
+            seen.setdefault(key, index)
+    return problems
+
+
 class LineConfig(_Strict):
     line: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,60}$")
     target_profile: str = "M2354"
@@ -102,22 +131,9 @@ class LineConfig(_Strict):
     @field_validator("stations")
     @classmethod
     def _unique(cls, stations: list[Station]) -> list[Station]:
-        """One station per name, per physical probe and per physical UART: a probe id compared
-        without case or pyOCD's ``cmsisdap:`` prefix, a UART by the device its path resolves to
-        (``/dev/serial/by-id/...`` links and ``/dev/ttyACM0`` are one port)."""
-        physical: dict[str, Callable[[Station], str]] = {
-            "name": lambda s: s.name,
-            "probe": lambda s: s.probe.lower().removeprefix("cmsisdap:"),
-            "uart": lambda s: os.path.realpath(s.uart),
-        }
-        for field, identity in physical.items():
-            seen: dict[str, int] = {}
-            for index, station in enumerate(stations):
-                key = identity(station)
-                if key in seen:
-                    value = getattr(station, field)
-                    raise ValueError(f"{index}.{field}: {value!r} is already used by station {seen[key]}")
-                seen[key] = index
+        problems = clashes([s.model_dump() for s in stations])
+        if problems:
+            raise ValueError("\n".join(problems))
         return stations
 
 
@@ -137,30 +153,44 @@ def _line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
     return line
 
 
-def load(path: Path) -> LineConfig:
+def _parse(path: Path) -> tuple[Any, yaml.Node | None]:
+    """(the data, the composed node tree for line numbers) of a YAML file."""
     try:
         text = path.read_text()
     except OSError as error:
-        raise ConfigError(f"{path}: {error.strerror}") from None
+        raise ConfigError([f"{path}: {error.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
-        tree = yaml.compose(text)
+        return yaml.safe_load(text), yaml.compose(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: not valid YAML: {getattr(error, 'problem', error)}") from None
+        raise ConfigError([f"{where}: not valid YAML: {getattr(error, 'problem', error)}"]) from None
+
+
+def _problems(path: Path, tree: yaml.Node | None, error: ValidationError) -> list[str]:
+    """Every validation error as ``file:line: field: message``."""
+    found = []
+    for each in error.errors():
+        loc, message = tuple(each["loc"]), each["msg"].removeprefix("Value error, ")
+        parts = [(loc, message)]
+        if loc == ("stations",) and message.split(".")[0].isdigit():  # the uniqueness check's list
+            parts = []
+            for line in message.splitlines():
+                index, rest = line.split(".", 1)
+                field, text = rest.split(": ", 1)
+                parts.append((("stations", int(index), field), text))
+        for where, text in parts:
+            field_path = ".".join(str(part) for part in where) or "(top)"
+            found.append(f"{path}:{_line_of(tree, where) or 1}: {field_path}: {text}")
+    return found
+
+
+def load(path: Path) -> LineConfig:
+    data, tree = _parse(path)
     try:
         config = LineConfig.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        loc = tuple(first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        if loc == ("stations",) and ": " in message and message.split(".")[0].isdigit():
-            index, rest = message.split(".", 1)
-            field, message = rest.split(": ", 1)
-            loc = ("stations", int(index), field)
-        field_path = ".".join(str(part) for part in loc) or "(top)"
-        raise ConfigError(f"{path}:{_line_of(tree, loc) or 1}: {field_path}: {message}") from None
+        raise ConfigError(_problems(path, tree, error)) from None
     base = path.parent
     for attribute in ("client_certificate", "client_key", "ca"):
         value = getattr(config.cloud, attribute)
@@ -171,3 +201,63 @@ def load(path: Path) -> LineConfig:
     if not config.secureisp.station_key.is_absolute():
         config.secureisp.station_key = base / config.secureisp.station_key
     return config
+
+
+SECRETS = {("cloud", "client_key"), ("secureisp", "station_key"), ("api", "token_file")}
+"""Files that must be readable by the daemon's user only (mode 0600 or tighter)."""
+
+
+def _at(path: Path, tree: yaml.Node | None, where: tuple[Any, ...]) -> str:
+    """``file:line: field`` of the value at ``where``."""
+    return f"{path}:{_line_of(tree, where) or 1}: {'.'.join(str(part) for part in where)}"
+
+
+def _section(data: dict[str, Any], section: str, field: str) -> Any:
+    part = data.get(section)
+    return part.get(field) if isinstance(part, dict) else None
+
+
+def check(path: Path) -> list[str]:
+    """What ``orchestrator check-config`` reports: every validation error, then every file the
+    configuration names that is missing, unreadable or (a secret) readable by others, and every
+    station's UART device that is not there; each as ``file:line: field: problem``."""
+    try:
+        data, tree = _parse(path)
+    except ConfigError as error:
+        return error.problems
+    found: list[str] = []
+    try:
+        LineConfig.model_validate(data)
+    except ValidationError as error:
+        found += _problems(path, tree, error)
+        if isinstance(data, dict) and isinstance(data.get("stations"), list):  # not checked past an error
+            for clash in clashes(data["stations"]):
+                index, rest = clash.split(".", 1)
+                field, text = rest.split(": ", 1)
+                line = f"{_at(path, tree, ('stations', int(index), field))}: {text}"
+                if line not in found:
+                    found.append(line)
+    if not isinstance(data, dict):
+        return found
+    for section, field in (("cloud", "client_certificate"), ("cloud", "client_key"), ("cloud", "ca"),
+                           ("secureisp", "station_key"), ("api", "token_file")):  # fmt: skip
+        value = _section(data, section, field)
+        if not isinstance(value, str) or not value:
+            continue
+        file = Path(value) if Path(value).is_absolute() else path.parent / value
+        try:
+            mode = file.stat().st_mode
+            file.open("rb").close()
+        except OSError as error:
+            found.append(f"{_at(path, tree, (section, field))}: {file}: {error.strerror}")
+            continue
+        if (section, field) in SECRETS and mode & 0o077:
+            found.append(
+                f"{_at(path, tree, (section, field))}: {file}: mode {mode & 0o777:04o}, others can read it: "
+                f"chmod 600 {file}"
+            )
+    for number, station in enumerate(data.get("stations") or []):
+        uart = station.get("uart") if isinstance(station, dict) else None
+        if isinstance(uart, str) and uart and not Path(uart).exists():
+            found.append(f"{_at(path, tree, ('stations', number, 'uart'))}: {uart}: no such device")
+    return found

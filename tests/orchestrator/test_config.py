@@ -91,8 +91,51 @@ def test_errors_name_file_line_and_field(tmp_path: Path, edit: tuple[str, str], 
     assert expected in str(error.value)
 
 
+def _files_it_names(tmp_path: Path) -> str:
+    """GOOD with every file it names in place (secrets 0600) and UARTs that exist (ptys)."""
+    import os  # noqa: PLC0415
+    import pty  # noqa: PLC0415
+
+    (tmp_path / "pki").mkdir(exist_ok=True)
+    for name, mode in (("pki/station.crt", 0o644), ("pki/station.key", 0o600), ("pki/ca.crt", 0o644),
+                       ("station.pem", 0o600)):  # fmt: skip
+        (tmp_path / name).write_text("x")
+        (tmp_path / name).chmod(mode)
+    text = GOOD
+    for device in ("/dev/ttyACM0", "/dev/ttyACM1"):
+        _, follower = pty.openpty()
+        text = text.replace(device, os.ttyname(follower))
+    return text
+
+
+def test_check_config_reports_every_mistake_at_once_with_file_line_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Five distinct mistakes: a bad field, a duplicate UART, a missing certificate, a station key
+    others can read, a UART that is not there; each reported as file:line: field."""
+    text = _files_it_names(tmp_path)
+    (tmp_path / "station.pem").chmod(0o644)
+    (tmp_path / "pki" / "ca.crt").unlink()
+    s1_uart, s2_uart = (line.split(": ")[1] for line in text.splitlines() if "uart:" in line)
+    text = text.replace(s2_uart, s1_uart)  # s2 on s1's UART
+    text = text.replace('  - name: s1\n    probe: "boardsim:A"\n', '  - name: s1\n    probe: ""\n')
+    text += '  - name: s3\n    probe: "boardsim:C"\n    uart: /dev/no-such-uart\n'
+    path = write(tmp_path, text)
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    problems = [
+        line.removeprefix("orchestrator: error: ") for line in err if line.startswith("orchestrator: error: ")
+    ]
+    assert len(problems) == 5, err
+    expected_lines = (":14: stations.0.probe:", ":18: stations.1.uart:", ":6: cloud.ca:",
+                      ":11: secureisp.station_key:", ":22: stations.2.uart:")  # fmt: skip
+    for expected in expected_lines:
+        assert any(p.startswith(str(path)) and expected in p for p in problems), (expected, problems)
+    assert err[-1] == f"{path}: 5 problems"
+
+
 def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check-config", str(write(tmp_path, GOOD))]) == 0
+    assert main(["check-config", str(write(tmp_path, _files_it_names(tmp_path)))]) == 0
     assert "2 stations" in capsys.readouterr().out
     assert main(["check-config", str(write(tmp_path, GOOD.replace("job_id", "job")))]) == 2
     assert "stations.yaml" in capsys.readouterr().err
