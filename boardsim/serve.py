@@ -121,7 +121,7 @@ class Simulator:
                     "name": s.name,
                     "probe": f"boardsim:{s.serial}",
                     "usb_port": f"sim-{s.index}",
-                    "uart": str(s.uart.link),
+                    "uart": os.path.abspath(s.uart.link),  # the file may live anywhere
                     "baud": s.uart.baud,
                     "enabled": True,
                 }

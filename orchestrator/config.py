@@ -200,6 +200,9 @@ def load(path: Path) -> LineConfig:
         config.api.token_file = base / config.api.token_file
     if not config.secureisp.station_key.is_absolute():
         config.secureisp.station_key = base / config.secureisp.station_key
+    for station in config.stations:  # like every other path: relative to the file, not to the caller
+        if not Path(station.uart).is_absolute():
+            station.uart = str(base / station.uart)
     return config
 
 
@@ -258,6 +261,6 @@ def check(path: Path) -> list[str]:
             )
     for number, station in enumerate(data.get("stations") or []):
         uart = station.get("uart") if isinstance(station, dict) else None
-        if isinstance(uart, str) and uart and not Path(uart).exists():
+        if isinstance(uart, str) and uart and not (path.parent / uart).exists():  # (an absolute path stays)
             found.append(f"{_at(path, tree, ('stations', number, 'uart'))}: {uart}: no such device")
     return found

@@ -158,3 +158,15 @@ def test_an_unusable_token_file_is_a_one_line_error(
     (tmp_path / "secret" / "api-token").write_text("short\n")
     assert main(["station", "pause", "s1", "--config", str(config)]) == 2
     assert "at least 16 characters" in capsys.readouterr().err
+
+
+def test_every_path_is_relative_to_the_file_uarts_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "line"
+    folder.mkdir()
+    path = write(folder, GOOD.replace("uart: /dev/ttyACM0", "uart: uart/station-01"))
+    monkeypatch.chdir(tmp_path)  # not the file's folder
+    config = load(Path("line") / "stations.yaml")
+    assert config.stations[0].uart == str(Path("line") / "uart" / "station-01")
+    assert config.stations[1].uart == "/dev/ttyACM1"
+    assert config.secureisp.station_key == Path("line") / "station.pem"
+    assert path.exists()
