@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
 import json
 import sys
@@ -196,9 +197,19 @@ def report_command(args: argparse.Namespace) -> int:
     if not args.journal.exists():
         print(f"orchestrator: error: {args.journal}: no such journal", file=sys.stderr)
         return 2
+    since = None
+    if args.since:
+        try:
+            moment = datetime.datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+        except ValueError:
+            print(
+                f"orchestrator: error: --since {args.since!r}: not an ISO 8601 date or time", file=sys.stderr
+            )
+            return 2
+        since = (moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)).timestamp()
     journal = Journal(args.journal)
     try:
-        result = report(journal, args.job)
+        result = report(journal, args.job, since=since)
     finally:
         journal.close()
     text = to_csv(result) if args.format == "csv" else json.dumps(result, indent=1) + "\n"
@@ -295,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915  # one pars
     cmd.add_argument("--job", help="the job id (default: every job in the journal)")
     cmd.add_argument("--journal", type=Path, default=Path("journal.db"))
     cmd.add_argument("--format", choices=("csv", "json"), default="csv")
+    cmd.add_argument(
+        "--since", help="only boards finished then or later: ISO 8601, e.g. 2026-12-03T06:00Z (UTC)"
+    )
     cmd.add_argument("--output", type=Path, help="a file (default: standard output)")
     cmd.set_defaults(handler=report_command)
     cmd = commands.add_parser("image-info", help="parse an MCUboot image, and verify it with --key")

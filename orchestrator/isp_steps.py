@@ -140,6 +140,7 @@ class IspSteps:
                 or mcuboot.verify_against_key_hash(image, key_hash(app_key)) is not mcuboot.Verdict.OK
             ):
                 raise Fatal("the signed application does not verify with the board's application key")
+            self.journal.image(board.uid, self.station, 11, str(image.version), signed.sha256)
             await self.step(board, 12, lambda: self.download(link, boot, board, signed.image))
             await self.step(board, 13, lambda: self.finish(link, boot, len(signed.image)))
 

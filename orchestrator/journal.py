@@ -241,6 +241,10 @@ class Journal:
         )
         return board
 
+    def image(self, uid: str, station: str, step: int, version: str, sha256: str) -> None:
+        """The signed image step 2 or 11 brought (its version and SHA-256), for the reports."""
+        self.event(uid, station, step, "image", outputs={"version": version, "sha256": sha256})
+
     def steps(self, uid: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(

@@ -1,10 +1,13 @@
-"""Reports from the journal: per board (UID, station, outcome, failed step and reason, durations) and
-line totals (yield, boards per hour, failures by step). ``orchestrator report``, the status API and
-the demo's report.json all come from here, so their numbers agree."""
+"""Reports from the journal: per board (UID, station, outcome, failed step and reason, when it
+started and finished in ISO 8601 UTC, the bootloader's and application's versions and SHA-256, and
+per step its attempts and time) and line totals (yield, boards per hour, failures by step).
+``orchestrator report``, the status API and the demo's report.json all come from here, so their
+numbers agree."""
 
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import time
 from collections import Counter
@@ -16,12 +19,25 @@ from orchestrator.journal import Board, Journal
 from orchestrator.steps import BY_NUMBER, STEPS
 
 
-def _steps(journal: Journal, uid: str) -> dict[str, dict[str, Any]]:
+def iso(moment: float | None) -> str | None:
+    """A journal time as ISO 8601 UTC (``2026-12-03T06:15:02.125Z``)."""
+    if moment is None:
+        return None
+    text = datetime.datetime.fromtimestamp(moment, datetime.UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def _history(journal: Journal, uid: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """(per step: attempts, time, outcome; the images steps 2 and 11 brought: version, SHA-256)."""
     steps: dict[str, dict[str, Any]] = {}
+    images: dict[str, Any] = {"bootloader": None, "application": None}
     starts: dict[int, float] = {}
     for event in journal.steps(uid):
         if event["step"] not in BY_NUMBER:
             continue  # a person's decision (retry, release), not a step
+        if event["phase"] == "image":
+            images["bootloader" if event["step"] == 2 else "application"] = event["outputs"]
+            continue
         entry = steps.setdefault(str(event["step"]), {"attempts": 0, "duration_s": 0.0, "outcome": ""})
         if event["phase"] == "intent":
             entry["attempts"] += 1
@@ -30,10 +46,11 @@ def _steps(journal: Journal, uid: str) -> dict[str, dict[str, Any]]:
             spent = event["time"] - starts.get(event["step"], event["time"])
             entry["duration_s"] = round(entry["duration_s"] + spent, 3)
             entry["outcome"] = event["outcome"]
-    return steps
+    return steps, images
 
 
 def _board(journal: Journal, board: Board) -> dict[str, Any]:
+    steps, images = _history(journal, board.uid)
     return {
         "uid": board.uid,
         "station": board.station,
@@ -41,8 +58,11 @@ def _board(journal: Journal, board: Board) -> dict[str, Any]:
         "outcome": board.outcome,
         "failed_step": board.failed_step,
         "reason": board.reason,
+        "started": iso(board.started),
+        "finished": iso(board.finished),
         "duration_s": round((board.finished or 0) - (board.started or 0), 3),
-        "steps": _steps(journal, board.uid),
+        **images,
+        "steps": steps,
     }
 
 
@@ -116,29 +136,46 @@ def station_table(title: str, stations: list[dict[str, Any]]) -> Table:
     return table
 
 
-def report(journal: Journal, job_id: str | None = None, *, wall_s: float | None = None) -> dict[str, Any]:
-    finished = sorted(journal.finished(job_id), key=lambda b: (b.station or "", b.started or 0))
+def report(
+    journal: Journal, job_id: str | None = None, *, wall_s: float | None = None, since: float | None = None
+) -> dict[str, Any]:
+    """Every finished board of ``job_id`` (default: every job), ``since`` a time (finished then
+    or later), by station and start."""
+    finished = sorted(
+        (b for b in journal.finished(job_id) if since is None or (b.finished or 0) >= since),
+        key=lambda b: (b.station or "", b.started or 0),
+    )
     summary: dict[str, Any] = {
         key.lower(): sum(board.outcome == key for board in finished) for key in ("PASS", "FAIL", "QUARANTINE")
     }
     if wall_s is not None:
         summary["wall_s"] = round(wall_s, 2)
+    if since is not None:
+        summary["since"] = iso(since)
     return {"boards": [_board(journal, board) for board in finished], "totals": summary}
 
 
 def to_csv(result: dict[str, Any]) -> str:
-    """One row per board; a column per step with its time in seconds."""
+    """One row per board; per step a column with its time in seconds and one with its attempts."""
     out = io.StringIO()
-    names = ["uid", "station", "job_id", "outcome", "failed_step", "failed_step_name", "reason", "duration_s"]
-    step_columns = [f"step_{step.number}_s" for step in STEPS]
-    writer = csv.DictWriter(out, fieldnames=[*names, *step_columns], lineterminator="\n")
+    names = ["uid", "station", "job_id", "outcome", "failed_step", "failed_step_name", "reason", "started",
+             "finished", "duration_s"]  # fmt: skip
+    images = [
+        f"{image}_{field}" for image in ("bootloader", "application") for field in ("version", "sha256")
+    ]
+    step_columns = [f"step_{step.number}_{what}" for step in STEPS for what in ("s", "attempts")]
+    writer = csv.DictWriter(out, fieldnames=[*names, *images, *step_columns], lineterminator="\n")
     writer.writeheader()
     for board in result["boards"]:
         row = {name: board.get(name) for name in names}
         failed = board["failed_step"]
         row["failed_step_name"] = BY_NUMBER[failed].name if failed in BY_NUMBER else ""
+        for image in ("bootloader", "application"):
+            for field in ("version", "sha256"):
+                row[f"{image}_{field}"] = (board[image] or {}).get(field, "")
         for step in STEPS:
             entry = board["steps"].get(str(step.number))
             row[f"step_{step.number}_s"] = entry["duration_s"] if entry else ""
+            row[f"step_{step.number}_attempts"] = entry["attempts"] if entry else ""
         writer.writerow(row)
     return out.getvalue()

@@ -667,6 +667,7 @@ class StationRunner:
         image = mcuboot.parse(signed.image)
         if mcuboot.verify(image, public_key_from_raw(signed.public_key)) is not mcuboot.Verdict.OK:
             raise Fatal("the signed bootloader does not verify with the key it came with")
+        self.journal.image(board.uid, self.station.name, 2, str(image.version), signed.sha256)
         board.bootloader_key = signed.public_key.hex()
         self.journal.save(board)
         self.job_check.forget()  # this board took its share of the quota

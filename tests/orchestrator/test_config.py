@@ -160,7 +160,9 @@ def test_an_unusable_token_file_is_a_one_line_error(
     assert "at least 16 characters" in capsys.readouterr().err
 
 
-def test_every_path_is_relative_to_the_file_uarts_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_path_is_relative_to_the_file_uarts_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "line"
     folder.mkdir()
     path = write(folder, GOOD.replace("uart: /dev/ttyACM0", "uart: uart/station-01"))

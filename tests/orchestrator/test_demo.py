@@ -62,6 +62,13 @@ def test_report_says_every_board_passed(run: Path) -> None:
         b["outcome"] == "PASS" and sorted(b["steps"], key=int) == [str(n) for n in range(1, 14)]
         for b in report["boards"]
     )
+    for board in report["boards"]:  # what a traceability record needs (issue 14, build 4)
+        assert board["started"].endswith("Z")
+        assert board["finished"] > board["started"]
+        for image in ("bootloader", "application"):
+            assert len(board[image]["sha256"]) == 64, board[image]
+            assert board[image]["version"].count(".") == 2
+        assert all(step["attempts"] >= 1 for step in board["steps"].values())
 
 
 def test_every_board_is_provisioned_exactly_as_specified(run: Path) -> None:
