@@ -135,6 +135,7 @@ class StationStatus:
     attempt: int = 0
     progress: float = 0.0
     last_error: str = ""
+    reason: str = ""  # the shown board's outcome reason (a FAIL's or a QUARANTINE's), '' otherwise
     counts: dict[str, int] = field(default_factory=lambda: {"PASS": 0, "FAIL": 0, "QUARANTINE": 0})
 
 
@@ -235,7 +236,7 @@ class StationRunner:
         self._fire(event)
         if self.status.state != before or (uid is not None and uid != self.status.uid):
             self.status.uid, self.status.step, self.status.attempt = uid, None, 0
-            self.status.progress, self.status.last_error = 0.0, ""
+            self.status.progress, self.status.last_error, self.status.reason = 0.0, "", ""
 
     def crashed(self, reason: str) -> None:
         """A bug escaped this station's task (the daemon starts it again)."""
@@ -472,7 +473,7 @@ class StationRunner:
         last = self.journal.last_finished(self.station.name)
         if last is not None and last.outcome is not None:  # shown until the next board, as before a restart
             self._show(OUTCOME_EVENT[last.outcome], last.uid)
-            self.status.step = last.failed_step
+            self.status.step, self.status.reason = last.failed_step, last.reason or ""
         backoff = 0.5
         try:
             while not self.stopping:
@@ -507,6 +508,7 @@ class StationRunner:
                     await self.provision(uid, via)
                     continue
                 self._show(OUTCOME_EVENT[known.outcome], uid)  # a finished board still in the fixture
+                self.status.reason = known.reason or ""
                 await anyio.sleep(0.3)
         finally:
             with anyio.CancelScope(shield=True):
@@ -581,6 +583,11 @@ class StationRunner:
         self.status.counts[board.outcome] += 1
         self.metrics.boards.labels(self.station.name, board.outcome).inc()
         self._fire(OUTCOME_EVENT[board.outcome])
+        # The tile shows the outcome: a FAIL's or QUARANTINE's reason, and for a PASS no error of
+        # an attempt that a retry mended.
+        self.status.reason = board.reason or "" if board.outcome != "PASS" else ""
+        if board.outcome == "PASS":
+            self.status.last_error = ""
         if board.obj_id is None:  # stopped before the cloud gave it an OBJ_ID: nothing to report to
             log.warning("board.report_skipped", reason="no OBJ_ID")
         else:

@@ -42,6 +42,11 @@ function tile(name) {
   parts.step = make(node, "div", "step");
   parts.bar = make(make(node, "div", "bar"), "span");
   parts.error = make(node, "div", "error");
+  // The whole text without hovering: a click (or Enter) on the text opens it, another closes it.
+  parts.error.tabIndex = 0;
+  const toggle = () => node.classList.toggle("open");
+  parts.error.addEventListener("click", toggle);
+  parts.error.addEventListener("keydown", (event) => { if (event.key === "Enter") toggle(); });
   const bottom = make(node, "div", "bottom");
   parts.counts = make(bottom, "span", "counts");
   const buttons = make(bottom, "span", "buttons");
@@ -68,8 +73,11 @@ function renderStation(s) {
   else if (s.state === "fail" || s.state === "quarantine") t.step.textContent = `stopped at ${step}`;
   else t.step.textContent = s.step ? `${step}${s.attempt > 1 ? ` (try ${s.attempt})` : ""}` : "";
   t.bar.style.width = `${Math.round(100 * (s.state === "provisioning" || s.state === "paused" ? s.progress : 0))}%`;
-  t.error.textContent = s.last_error || "";
-  t.error.title = s.last_error || "";
+  // A finished board's tile says why it stopped; a running one, its last error (none for a PASS).
+  const finished = s.state === "fail" || s.state === "quarantine";
+  const text = finished && s.reason ? s.reason : s.state === "pass" ? "" : s.last_error || "";
+  t.error.textContent = text;
+  t.error.title = text;
   t.counts.textContent = "";
   make(t.counts, "b", "count-pass", `✔ ${s.counts.PASS}`);
   make(t.counts, "b", "count-fail", `✘ ${s.counts.FAIL + s.counts.QUARANTINE}`);

@@ -187,6 +187,36 @@ def test_dashboard_in_chromium_live_updates_pause_and_final_count(demo: Demo) ->
         page.screenshot(path=ARTIFACTS / "dashboard-notice.png")
         page.evaluate("snapshot => window.renderSnapshot(snapshot)", {**synthetic, "notice": ""})
         assert not page.is_visible("#notice")
+
+        # A QUARANTINE tile says why (the board's reason, not the last SWD error); a PASS tile
+        # carries no error of a retried attempt; the whole reason opens with a click, no hover.
+        reason = "OTP entry 3 holds (0x12345678, 0x9ABCDEF0), expected (0xFFFFFFFF, 0x00000000): " * 2
+        tiles = [
+            {
+                **template,
+                "name": "station-q",
+                "state": "quarantine",
+                "reason": reason,
+                "last_error": "SWD fault",
+            },
+            {
+                **template,
+                "name": "station-p",
+                "state": "pass",
+                "reason": "",
+                "last_error": "timeout, retried",
+            },
+        ]
+        page.evaluate("snapshot => window.renderSnapshot(snapshot)", {**synthetic, "stations": tiles})
+        quarantined = '[data-station="station-q"] .error'
+        assert page.inner_text(quarantined) == reason.strip()
+        assert page.inner_text('[data-station="station-p"] .error') == ""
+        page.click(quarantined)
+        opened = page.eval_on_selector(
+            quarantined, "e => e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight + 1"
+        )
+        assert opened is True  # all of it shown
+        page.screenshot(path=ARTIFACTS / "dashboard-quarantine-reason.png")
         browser.close()
 
 
