@@ -14,7 +14,8 @@ from enum import Enum
 
 
 class State(Enum):
-    IDLE = "idle"  # started, nothing looked at yet; or the board was swapped out
+    STARTING = "starting"  # its probe worker and first look at the fixture are on the way
+    IDLE = "idle"  # the board was swapped out: nothing looked at since
     WAITING = "waiting"  # no board in the fixture
     BLOCKED = "blocked"  # preflight failed: the reason is the status's last_error
     PROVISIONING = "provisioning"
@@ -41,7 +42,7 @@ class Event(Enum):
 
 
 RESULTS = (State.PASS, State.FAIL, State.QUARANTINE)
-BETWEEN = (State.IDLE, State.WAITING, State.BLOCKED, *RESULTS, State.CRASHED)
+BETWEEN = (State.STARTING, State.IDLE, State.WAITING, State.BLOCKED, *RESULTS, State.CRASHED)
 """States between boards: a station in one of them has no board open."""
 _OUTCOME = {Event.PASSED: State.PASS, Event.FAILED: State.FAIL, Event.QUARANTINED: State.QUARANTINE}
 
@@ -74,7 +75,7 @@ class IllegalTransition(RuntimeError):
 
 class StationMachine:
     def __init__(self) -> None:
-        self.state = State.IDLE
+        self.state = State.STARTING
         self._before_pause: State | None = None
 
     def __repr__(self) -> str:
@@ -96,7 +97,7 @@ class StationMachine:
 
 def mermaid() -> str:
     """The table as a Mermaid state diagram (``crashed`` drawn once, not from every state)."""
-    lines = ["stateDiagram-v2", "    [*] --> idle"]
+    lines = ["stateDiagram-v2", "    [*] --> starting"]
     for (state, event), after in TRANSITIONS.items():
         if event is not Event.CRASHED and after is not state:
             lines.append(f"    {state.value} --> {after.value}: {event.value}")

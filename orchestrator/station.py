@@ -129,7 +129,7 @@ def _judged(words: list[int], wanted: list[int], obj_id: str) -> tuple[bool, str
 
 @dataclass
 class StationStatus:
-    state: str = State.IDLE.value  # set from the station's StationMachine only
+    state: str = State.STARTING.value  # set from the station's StationMachine only
     uid: str | None = None
     step: int | None = None
     attempt: int = 0
