@@ -189,7 +189,7 @@ def audit_command(args: argparse.Namespace) -> int:
         try:
             return await (service.verify_audit() if args.action == "verify" else service.audit_rows())
         finally:
-            await service.engine.dispose()
+            await service.close()
 
     if args.action == "verify":
         count, head, broken = anyio.run(read)
@@ -234,7 +234,7 @@ def cert_command(args: argparse.Namespace) -> int:
         try:
             return await service.revoke(f"cli:{getpass.getuser()}", serial, subject, args.reason)
         finally:
-            await service.engine.dispose()
+            await service.close()
 
     fresh = anyio.run(revoke)
     print(f"{'revoked' if fresh else 'already revoked'}: serial {serial} {subject}".rstrip())

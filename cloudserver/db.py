@@ -24,6 +24,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Dialect,
+    Engine,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    create_engine,
     event,
     inspect,
     select,
@@ -280,6 +282,16 @@ def _sqlite_pragmas(connection: Any, _record: object) -> None:
     cursor.close()
 
 
+def sqlite_engine(engine: AsyncEngine) -> Engine:
+    """A synchronous engine (the stdlib's sqlite3) on the same SQLite file as ``engine``, for the
+    request paths, which run a whole transaction in one worker thread."""
+    sync = create_engine(
+        engine.url.set(drivername="sqlite"), connect_args={"check_same_thread": False, "timeout": 30}
+    )
+    event.listen(sync, "connect", _sqlite_pragmas)
+    return sync
+
+
 def engine_for(url: str) -> AsyncEngine:
     """An engine for ``url``; PostgreSQL's pool sized for a replica's concurrent requests."""
     if url.startswith("sqlite"):
@@ -302,4 +314,5 @@ __all__ = [
     "engine_for",
     "migrate",
     "select",
+    "sqlite_engine",
 ]

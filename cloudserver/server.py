@@ -124,7 +124,7 @@ async def run(
         await anyio.sleep_forever()
     finally:
         await runner.cleanup()
-        await service.engine.dispose()
+        await service.close()
 
 
 async def serve_until_signal(settings: Settings, data: Path) -> None:

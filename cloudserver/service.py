@@ -25,19 +25,18 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from types import SimpleNamespace
 from typing import Any, TypeVar, cast
 
 import anyio
-from sqlalchemy import String, Table, bindparam, insert, select, text, update
+from sqlalchemy import Connection, String, Table, bindparam, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from cloudserver.db import (
     AuditRow,
@@ -50,6 +49,7 @@ from cloudserver.db import (
     SignedImage,
     chain,
     now,
+    sqlite_engine,
 )
 from cloudserver.keystore import KeyStore, NewKey
 from nuwire import mcuboot
@@ -118,15 +118,15 @@ LOOK = {image: _look_statement(image) for image in (False, True)}
 
 @dataclass
 class _Tx:
-    """AUDIT write transaction: its connection and the audit rows it will chain in at its end."""
+    """A write transaction: its connection and the audit rows it will chain in at its end."""
 
-    conn: AsyncConnection
+    conn: Connection
     audit: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
 class _Ask:
-    """AUDIT station's request about one board: who asks, for which line, job, board and purpose."""
+    """A station's request about one board: who asks, for which line, job, board and purpose."""
 
     subject: str
     line: str
@@ -153,7 +153,7 @@ def _retryable(error: DBAPIError) -> bool:
 
 
 class Refused(Exception):
-    """AUDIT request the cloud will not carry out: an HTTP status, a title and a detail naming the field."""
+    """A request the cloud will not carry out: an HTTP status, a title and a detail naming the field."""
 
     def __init__(self, status: int, title: str, detail: str, field: str = "") -> None:
         super().__init__(detail)
@@ -183,7 +183,10 @@ class Service:
             table.name: dialect_insert(table).on_conflict_do_nothing().returning(*table.primary_key)
             for table in (DEVICES, SLOTS, KEYS, IMAGES, RESULTS, REVOKED)
         }
-        self._writer = anyio.Lock()
+        self._sqlite = None if self._postgres else sqlite_engine(engine)
+        """SQLite's request paths: the stdlib driver in a worker thread, one hand-off per
+        transaction (aiosqlite hands every statement to its thread: 25 times the cost)."""
+        self._writer, self._readers = anyio.CapacityLimiter(1), anyio.CapacityLimiter(4)
         """SQLite: one write transaction at a time in the process (it has one writer anyway)."""
         self.unavailable_until = 0.0
         """Until this time.monotonic(), provisioning answers 503 (planned maintenance)."""
@@ -191,39 +194,56 @@ class Service:
     def __repr__(self) -> str:
         return f"<Service keystore={self.keystore.name} profile={self.profile.name}>"
 
+    async def close(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.dispose()
+        await self.engine.dispose()
+
     # -- transactions and audit -------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[_Tx]:
-        """AUDIT write transaction (Core, one connection) whose audit rows are chained in at its end."""
-        async with AsyncExitStack() as stack:
-            if not self._postgres:
-                await stack.enter_async_context(self._writer)
-            tx = _Tx(await stack.enter_async_context(self.engine.begin()))
-            yield tx
-            if tx.audit:
-                if self._postgres:  # held to the commit: one chain, no fork, across replicas
-                    await tx.conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK})
-                last = await tx.conn.scalar(LAST_HASH)
-                for row in tx.audit:
-                    row["hash"] = last = chain(last or "", SimpleNamespace(**row))
-                await tx.conn.execute(insert(AUDIT), tx.audit)  # ids in list order: the chain's
+    async def _run(self, work: Callable[[_Tx], T], *, write: bool) -> T:
+        """``work(tx)`` in one transaction (``write``) or one read, on a synchronous connection:
+        SQLite's in a worker thread, PostgreSQL's through SQLAlchemy's ``run_sync`` (asyncpg
+        underneath). A write's audit rows are chained in at its end."""
+        if self._sqlite is not None:
+            limiter = self._writer if write else self._readers
+            return await anyio.to_thread.run_sync(self._in_thread, work, write, limiter=limiter)
+        async with self.engine.begin() if write else self.engine.connect() as conn:
+            return await conn.run_sync(self._body, work, write)
 
-    async def _retrying(self, work: Callable[[], Awaitable[T]]) -> T:
-        """``work`` again when the database aborted it for a race (deadlock, serialisation,
-        a unique key another transaction took first); the third time, the error."""
+    def _in_thread(self, work: Callable[[_Tx], T], write: bool) -> T:
+        assert self._sqlite is not None  # noqa: S101  # (SQLite only)
+        with self._sqlite.begin() if write else self._sqlite.connect() as conn:
+            return self._body(conn, work, write)
+
+    def _body(self, conn: Connection, work: Callable[[_Tx], T], write: bool) -> T:
+        tx = _Tx(conn)
+        result = work(tx)
+        if write and tx.audit:
+            if self._postgres:  # held to the commit: one chain, no fork, across replicas
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK})
+            last = conn.scalar(LAST_HASH)
+            for row in tx.audit:
+                row["hash"] = last = chain(last or "", SimpleNamespace(**row))
+            conn.execute(insert(AUDIT), tx.audit)  # ids in list order: the chain's
+        return result
+
+    async def _write(self, work: Callable[[_Tx], T]) -> T:
+        """``work`` as a write transaction, run again when the database aborted it for a race
+        (deadlock, serialisation, a unique key another transaction took first); the third time,
+        the error."""
         for attempt in range(3):
             try:
-                return await work()
+                return await self._run(work, write=True)
             except DBAPIError as error:
                 if attempt == 2 or not _retryable(error):
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _inserted(self, tx: _Tx, table: Table, **values: Any) -> bool:
+    def _inserted(self, tx: _Tx, table: Table, **values: Any) -> bool:
         """INSERT a row unless a unique key of it is there (another request's, maybe in flight
         on another replica: this waits for it); whether this one went in."""
-        return (await tx.conn.execute(self._inserts[table.name], values)).first() is not None
+        return tx.conn.execute(self._inserts[table.name], values).first() is not None
 
     @staticmethod
     def _audit(
@@ -236,7 +256,7 @@ class Service:
         detail: str = "",
         outcome: str = "ok",
     ) -> None:
-        """One audit row, written with the transaction (:meth:`_write` chains it in)."""
+        """One audit row, written with the transaction (:meth:`_body` chains it in)."""
         tx.audit.append(
             {"time": now(), "subject": subject, "action": action, "outcome": outcome, "uid": uid,
              "job_id": job_id, "detail": detail}
@@ -245,9 +265,12 @@ class Service:
     async def refusal(
         self, subject: str, action: str, refused: Refused, uid: str | None = None, job_id: str | None = None
     ) -> None:
-        async with self._write() as tx:
-            detail = f"{action}: {refused.status} {refused.detail}"
-            self._audit(tx, subject, "refuse", uid=uid, job_id=job_id, detail=detail, outcome="refused")
+        detail = f"{action}: {refused.status} {refused.detail}"
+        await self._write(
+            lambda tx: self._audit(
+                tx, subject, "refuse", uid=uid, job_id=job_id, detail=detail, outcome="refused"
+            )
+        )
 
     async def audit_rows(self) -> list[dict[str, Any]]:
         async with self._sessions() as session:
@@ -282,24 +305,27 @@ class Service:
 
     async def is_revoked(self, serial: str) -> bool:
         """Read on every request (an indexed lookup), so a revocation holds at once on every replica."""
-        async with self.engine.connect() as conn:
-            return await conn.scalar(REVOKED_SERIAL, {"serial": serial}) is not None
+        return await self._run(
+            lambda tx: tx.conn.scalar(REVOKED_SERIAL, {"serial": serial}) is not None, write=False
+        )
 
     async def revoke(self, subject: str, serial: str, revoked_subject: str = "", reason: str = "") -> bool:
         """Revoke the certificate ``serial`` (by ``subject``, the person or tool); False when it
         was revoked already."""
-        async with self._write() as tx:
-            if not await self._inserted(
+
+        def work(tx: _Tx) -> bool:
+            if not self._inserted(
                 tx, REVOKED, serial=serial, subject=revoked_subject, reason=reason, revoked=now()
             ):
                 return False
             self._audit(tx, subject, "cert_revoke", detail=f"serial {serial} {revoked_subject} {reason}")
-        return True
+            return True
+
+        return await self._write(work)
 
     async def maintenance(self, subject: str, seconds: int) -> None:
         """Provisioning answers 503 with Retry-After for ``seconds`` (0 ends it)."""
-        async with self._write() as tx:
-            self._audit(tx, subject, "maintenance", detail=f"{seconds} s")
+        await self._write(lambda tx: self._audit(tx, subject, "maintenance", detail=f"{seconds} s"))
         self.unavailable_until = time.monotonic() + seconds
 
     # -- devices ---------------------------------------------------------------------------------
@@ -307,22 +333,21 @@ class Service:
     async def register(self, subject: str, uid: str, line: str = "") -> dict[str, Any]:
         """The board's OBJ_ID, made at its first registration; the board belongs to ``line``."""
 
-        async def work() -> Any:
-            async with self._write() as tx:
-                fresh = await self._inserted(
-                    tx, DEVICES, uid=uid, obj_id=secrets.token_hex(16), created=now(), line=line
+        def work(tx: _Tx) -> Any:
+            fresh = self._inserted(
+                tx, DEVICES, uid=uid, obj_id=secrets.token_hex(16), created=now(), line=line
+            )
+            device = tx.conn.execute(DEVICE, {"uid": uid}).one()
+            if line and device.line and device.line != line:
+                raise Refused(
+                    403, "another line's board", f"UID {uid} was registered by line {device.line}", "uid"
                 )
-                device = (await tx.conn.execute(DEVICE, {"uid": uid})).one()
-                if line and device.line and device.line != line:
-                    raise Refused(
-                        403, "another line's board", f"UID {uid} was registered by line {device.line}", "uid"
-                    )
-                if line and not device.line:  # registered before lines (or by an admin): claimed
-                    await tx.conn.execute(update(DEVICES).where(DEVICES.c.uid == uid).values(line=line))
-                self._audit(tx, subject, "register", uid=uid, detail="new" if fresh else "repeat")
+            if line and not device.line:  # registered before lines (or by an admin): claimed
+                tx.conn.execute(update(DEVICES).where(DEVICES.c.uid == uid).values(line=line))
+            self._audit(tx, subject, "register", uid=uid, detail="new" if fresh else "repeat")
             return device
 
-        device = await self._retrying(work)
+        device = await self._write(work)
         return {"uid": device.uid, "obj_id": device.obj_id, "created": device.created.isoformat()}
 
     async def device(self, uid: str) -> dict[str, Any]:
@@ -398,10 +423,13 @@ class Service:
             lines=",".join(spec.lines),
             used=0,
         )
-        async with self._write() as tx:
-            await tx.conn.execute(insert(JOBS).values({c.name: getattr(job, c.name) for c in JOBS.columns}))
-            detail = f"quantity {spec.quantity} lines {job.lines or 'any'}"
+        detail = f"quantity {spec.quantity} lines {job.lines or 'any'}"
+
+        def work(tx: _Tx) -> None:
+            tx.conn.execute(insert(JOBS).values({c.name: getattr(job, c.name) for c in JOBS.columns}))
             self._audit(tx, subject, "job_create", job_id=job.id, detail=detail)
+
+        await self._write(work)
         return await self.job(job.id)
 
     async def jobs(self) -> list[dict[str, Any]]:
@@ -436,23 +464,26 @@ class Service:
             }
 
     async def close_job(self, subject: str, job_id: str) -> dict[str, Any]:
-        async with self._write() as tx:
-            closed = await tx.conn.execute(
+        def work(tx: _Tx) -> None:
+            closed = tx.conn.execute(
                 update(JOBS).where(JOBS.c.id == job_id).values(state="closed").returning(JOBS.c.id)
             )
             if closed.first() is None:
                 raise Refused(404, "unknown job", f"job {job_id} does not exist", "job_id")
             self._audit(tx, subject, "job_close", job_id=job_id)
+
+        await self._write(work)
         return await self.job(job_id)
 
     # -- keys and images ---------------------------------------------------------------------------
 
-    async def _look(self, conn: AsyncConnection, ask: _Ask, *, image: bool) -> Any:
+    @staticmethod
+    def _look(conn: Connection, ask: _Ask, *, image: bool) -> Any:
         """One read of all a request needs: the job, the board, its key and (``image``) its signed
         image for the purpose, and whether it is counted under the job. Refused when the job is
         unknown, closed or not the line's, or the board unknown, of another OBJ_ID or line."""
         parameters = {"uid": ask.uid, "purpose": ask.purpose, "job_id": ask.job_id}
-        found = (await conn.execute(LOOK[image], parameters)).first()
+        found = conn.execute(LOOK[image], parameters).first()
         job_id, uid, line = ask.job_id, ask.uid, ask.line
         if found is None:
             raise Refused(404, "unknown job", f"job {job_id} does not exist", "job_id")
@@ -486,14 +517,13 @@ class Service:
             "uid",
         )
 
-    async def _count(self, tx: _Tx, ask: _Ask) -> None:
+    def _count(self, tx: _Tx, ask: _Ask) -> None:
         """The board's quota slot under the job, taken now. The job's ``used`` goes up by one
         only below its quantity, in one statement that row-locks the job: concurrent requests,
         on any replica, count one at a time."""
-        if not await self._inserted(tx, SLOTS, job_id=ask.job_id, uid=ask.uid, counted=now()):
+        if not self._inserted(tx, SLOTS, job_id=ask.job_id, uid=ask.uid, counted=now()):
             return  # counted already (by a request that raced this one, maybe)
-        taken = await tx.conn.execute(COUNT, {"job_id": ask.job_id})
-        if taken.first() is None:
+        if tx.conn.execute(COUNT, {"job_id": ask.job_id}).first() is None:
             raise self._exhausted(ask.job_id, ask.uid)  # the slot's insert is rolled back with it
 
     def _sign(self, job: Any, purpose: str, handle: bytes, public_key: bytes) -> bytes:
@@ -509,9 +539,21 @@ class Service:
         )
 
     @staticmethod
-    async def _firmware(conn: AsyncConnection, job_id: str, purpose: str) -> Any:
+    def _firmware(conn: Connection, job_id: str, purpose: str) -> Any:
         """(body, version) of the job's firmware for ``purpose``: read only to sign."""
-        return (await conn.execute(FIRMWARE[purpose], {"job_id": job_id})).one()
+        return conn.execute(FIRMWARE[purpose], {"job_id": job_id}).one()
+
+    def _read(self, ask: _Ask, with_image: bool, tx: _Tx) -> tuple[Any, Any]:
+        """What :meth:`_serve` finds before it makes anything: (the look, the firmware to sign
+        or None); past the quota a new board is refused here, before any work."""
+        found = self._look(tx.conn, ask, image=with_image)
+        self._check_carried(ask, found.public_key)
+        if found.counted is None and tx.conn.scalar(FULL, {"job_id": ask.job_id}):
+            raise self._exhausted(ask.job_id, ask.uid)
+        firmware = (
+            self._firmware(tx.conn, ask.job_id, ask.purpose) if with_image and found.image is None else None
+        )
+        return found, firmware
 
     async def _serve(self, ask: _Ask, *, with_image: bool) -> dict[str, Any]:
         """The board's key for the purpose (made once, ever) and, ``with_image``, its image signed
@@ -520,16 +562,7 @@ class Service:
         made: NewKey | None = None
         signed: tuple[bytes, bytes] | None = None  # (public key it was signed for, image)
         for _ in range(4):
-            async with self.engine.connect() as conn:
-                found = await self._look(conn, ask, image=with_image)
-                self._check_carried(ask, found.public_key)
-                if found.counted is None and await conn.scalar(FULL, {"job_id": ask.job_id}):
-                    raise self._exhausted(ask.job_id, ask.uid)  # before any work
-                firmware = (
-                    await self._firmware(conn, ask.job_id, ask.purpose)
-                    if with_image and found.image is None
-                    else None
-                )
+            found, firmware = await self._run(partial(self._read, ask, with_image), write=False)
             if found.public_key is None:
                 made = made or await anyio.to_thread.run_sync(self.keystore.generate)
                 assert made is not None  # noqa: S101  # (for the type checker)
@@ -542,9 +575,9 @@ class Service:
                     await anyio.to_thread.run_sync(self._sign, firmware, ask.purpose, handle, public),
                 )
             if found.counted is not None and found.public_key is not None and (not with_image or found.image):
-                return await self._retrying(partial(self._fetched, ask, found, with_image=with_image))
+                return await self._write(partial(self._fetched, ask, found, with_image))
             try:
-                return await self._retrying(partial(self._keep, ask, made, signed, with_image=with_image))
+                return await self._write(partial(self._keep, ask, made, signed, with_image))
             except _LostRace:
                 continue
         raise Refused(503, "busy", f"UID {ask.uid}: its {ask.purpose} key kept changing; try again")
@@ -581,70 +614,54 @@ class Service:
         return {"uid": ask.uid, "obj_id": ask.obj_id, "job_id": ask.job_id, "purpose": ask.purpose,
                 "public_key": public_key.hex()}  # fmt: skip
 
-    async def _fetched(self, ask: _Ask, found: Any, *, with_image: bool) -> dict[str, Any]:
-        """AUDIT repeat: everything was made before; the answer and its audit row."""
+    def _fetched(self, ask: _Ask, found: Any, with_image: bool, tx: _Tx) -> dict[str, Any]:
+        """A repeat: everything was made before; the answer and its audit row."""
         answer = self._answer(ask, found.public_key)
-        async with self._write() as tx:
-            if with_image:
-                answer.update(image=found.image, sha256=found.sha256)
-                detail = f"{ask.purpose} sha256 {found.sha256}"
-                self._audit(tx, ask.subject, "image_fetch", uid=ask.uid, job_id=ask.job_id, detail=detail)
-            else:
-                self._audit(tx, ask.subject, "key_fetch", uid=ask.uid, job_id=ask.job_id, detail=ask.purpose)
+        if with_image:
+            answer.update(image=found.image, sha256=found.sha256)
+            detail = f"{ask.purpose} sha256 {found.sha256}"
+            self._audit(tx, ask.subject, "image_fetch", uid=ask.uid, job_id=ask.job_id, detail=detail)
+        else:
+            self._audit(tx, ask.subject, "key_fetch", uid=ask.uid, job_id=ask.job_id, detail=ask.purpose)
         return answer
 
-    async def _keep(
-        self, ask: _Ask, made: NewKey | None, signed: tuple[bytes, bytes] | None, *, with_image: bool
+    def _keep(
+        self, ask: _Ask, made: NewKey | None, signed: tuple[bytes, bytes] | None, with_image: bool, tx: _Tx
     ) -> dict[str, Any]:
         """The write of :meth:`_serve`: the key and the image unless stored first by another
         request, the quota slot (:meth:`_count`: last, so the job's row is locked only for the
         commit's tail) and the audit rows; the answer. Locks are taken in one order by every
         request (key, image, job, audit), so no two wait for each other."""
         uid, job_id, purpose = ask.uid, ask.job_id, ask.purpose
-        async with self._write() as tx:
-            if made is not None and await self._inserted(
-                tx, KEYS, uid=uid, purpose=purpose, public_key=made.public_key, handle=made.handle,
-                keystore=self.keystore.name, created=now(),
-            ):  # fmt: skip
-                self._audit(tx, ask.subject, "key_create", uid=uid, job_id=job_id, detail=purpose)
-            found = await self._look(tx.conn, ask, image=with_image)  # with what others stored first
-            answer = self._answer(ask, found.public_key)
-            if not with_image:
-                await self._count(tx, ask)
-                self._audit(tx, ask.subject, "key_fetch", uid=uid, job_id=job_id, detail=purpose)
-                return answer
-            image, digest = found.image, found.sha256
-            if image is None:
-                if signed is None or signed[0] != found.public_key:
-                    raise _LostRace  # signed for a key another request stored first
-                image, digest = signed[1], hashlib.sha256(signed[1]).hexdigest()
-                if await self._inserted(
-                    tx,
-                    IMAGES,
-                    uid=uid,
-                    purpose=purpose,
-                    job_id=job_id,
-                    image=image,
-                    sha256=digest,
-                    created=now(),
-                ):
-                    version = (await self._firmware(tx.conn, job_id, purpose)).version
-                    self._audit(
-                        tx,
-                        ask.subject,
-                        "sign",
-                        uid=uid,
-                        job_id=job_id,
-                        detail=f"{purpose} {version} sha256 {digest}",
-                    )
-                else:  # another request's, stored while this one signed
-                    found = await self._look(tx.conn, ask, image=True)
-                    image, digest = found.image, found.sha256
-            await self._count(tx, ask)
-            answer.update(image=image, sha256=digest)
-            self._audit(
-                tx, ask.subject, "image_fetch", uid=uid, job_id=job_id, detail=f"{purpose} sha256 {digest}"
-            )
+        if made is not None and self._inserted(
+            tx, KEYS, uid=uid, purpose=purpose, public_key=made.public_key, handle=made.handle,
+            keystore=self.keystore.name, created=now(),
+        ):  # fmt: skip
+            self._audit(tx, ask.subject, "key_create", uid=uid, job_id=job_id, detail=purpose)
+        found = self._look(tx.conn, ask, image=with_image)  # with what others stored first
+        answer = self._answer(ask, found.public_key)
+        if not with_image:
+            self._count(tx, ask)
+            self._audit(tx, ask.subject, "key_fetch", uid=uid, job_id=job_id, detail=purpose)
+            return answer
+        image, digest = found.image, found.sha256
+        if image is None:
+            if signed is None or signed[0] != found.public_key:
+                raise _LostRace  # signed for a key another request stored first
+            image, digest = signed[1], hashlib.sha256(signed[1]).hexdigest()
+            values = {"image": image, "sha256": digest, "created": now()}
+            if self._inserted(tx, IMAGES, uid=uid, purpose=purpose, job_id=job_id, **values):
+                version = self._firmware(tx.conn, job_id, purpose).version
+                detail = f"{purpose} {version} sha256 {digest}"
+                self._audit(tx, ask.subject, "sign", uid=uid, job_id=job_id, detail=detail)
+            else:  # another request's, stored while this one signed
+                found = self._look(tx.conn, ask, image=True)
+                image, digest = found.image, found.sha256
+        self._count(tx, ask)
+        answer.update(image=image, sha256=digest)
+        self._audit(
+            tx, ask.subject, "image_fetch", uid=uid, job_id=job_id, detail=f"{purpose} sha256 {digest}"
+        )
         return answer
 
     async def bootloader(self, subject: str, job_id: str, uid: str, obj_id: str, *, line: str = "",
@@ -674,28 +691,25 @@ class Service:
         reason: str,
         line: str = "",
     ) -> dict[str, Any]:
-        """AUDIT board's outcome, from the line that provisioned it, on an open job (a PASS only for
+        """A board's outcome, from the line that provisioned it, on an open job (a PASS only for
         a board counted under the job); a repeat is taken once."""
         ask = _Ask(subject, line, job_id, uid, obj_id, "")
 
-        async def work() -> None:
-            async with self._write() as tx:
-                found = await self._look(tx.conn, ask, image=False)
-                if outcome == "PASS" and found.counted is None:
-                    raise Refused(
-                        409,
-                        "not provisioned",
-                        f"UID {uid} has no key under job {job_id}: no PASS for it",
-                        "uid",
-                    )
-                await self._inserted(
-                    tx, RESULTS, uid=uid, job_id=job_id, outcome=outcome, step=step, reason=reason,
-                    reported_by=subject, created=now(),
-                )  # fmt: skip
-                detail = f"{outcome} step {step}: {reason}"[:500]
-                self._audit(tx, subject, "result", uid=uid, job_id=job_id, detail=detail)
+        def work(tx: _Tx) -> None:
+            found = self._look(tx.conn, ask, image=False)
+            if outcome == "PASS" and found.counted is None:
+                raise Refused(
+                    409, "not provisioned", f"UID {uid} has no key under job {job_id}: no PASS for it", "uid"
+                )
+            self._inserted(
+                tx, RESULTS, uid=uid, job_id=job_id, outcome=outcome, step=step, reason=reason,
+                reported_by=subject, created=now(),
+            )  # fmt: skip
+            self._audit(
+                tx, subject, "result", uid=uid, job_id=job_id, detail=f"{outcome} step {step}: {reason}"[:500]
+            )
 
-        await self._retrying(work)
+        await self._write(work)
         return {"uid": uid, "job_id": job_id, "outcome": outcome, "step": step, "reason": reason}
 
 

@@ -431,7 +431,7 @@ def test_no_audit_row_means_no_action(cloud: Cloud) -> None:
             with pytest.raises(Refused, match="not registered"):
                 await service.device(uid(4))
         finally:
-            await service.engine.dispose()
+            await service.close()
 
     anyio.run(scenario)
     assert cloud.sql("SELECT COUNT(*) FROM devices") == [("0",)]
