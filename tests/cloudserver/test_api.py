@@ -566,11 +566,11 @@ def test_a_station_acts_only_for_its_own_line(cloud: Cloud) -> None:
     assert rows == [("7",)]
 
 
+@pytest.mark.parametrize("cloud", ["postgres"], indirect=True)  # roles are PostgreSQL's
 def test_on_postgresql_the_service_role_cannot_change_the_audit_log(cloud: Cloud) -> None:
     """deploy/postgres/roles.sql, as documented: the service role appends to the audit log and
     cannot change or remove a row, whatever happens to the trigger."""
-    if cloud.postgres is None:
-        pytest.skip("roles are PostgreSQL's (SQLite has the trigger and the chain)")
+    assert cloud.postgres is not None
     roles = Path(__file__).parent.parent.parent / "deploy" / "postgres" / "roles.sql"
     cloud.sql("CREATE ROLE nuprov_service LOGIN PASSWORD 'service-pw'")
     cloud.postgres.psql(cloud.database, "", "-v", "service=nuprov_service", "-f", str(roles))
