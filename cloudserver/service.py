@@ -124,6 +124,16 @@ class _Tx:
     audit: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class _Queued:
+    """A write waiting for SQLite's next group commit, and what came of it."""
+
+    work: Callable[[_Tx], Any]
+    result: Any = None
+    error: Exception | None = None
+    done: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class _Ask:
     """A station's request about one board: who asks, for which line, job, board and purpose."""
@@ -188,6 +198,8 @@ class Service:
         transaction (aiosqlite hands every statement to its thread: 25 times the cost)."""
         self._writer, self._readers = anyio.CapacityLimiter(1), anyio.CapacityLimiter(4)
         """SQLite: one write transaction at a time in the process (it has one writer anyway)."""
+        self._batch: list[_Queued] = []
+        self._batch_lock = anyio.Lock()
         self.unavailable_until = 0.0
         """Until this time.monotonic(), provisioning answers 503 (planned maintenance)."""
 
@@ -206,15 +218,48 @@ class Service:
         SQLite's in a worker thread, PostgreSQL's through SQLAlchemy's ``run_sync`` (asyncpg
         underneath). A write's audit rows are chained in at its end."""
         if self._sqlite is not None:
-            limiter = self._writer if write else self._readers
-            return await anyio.to_thread.run_sync(self._in_thread, work, write, limiter=limiter)
+            if write:
+                return await self._grouped(work)
+            return await anyio.to_thread.run_sync(self._read_in_thread, work, limiter=self._readers)
         async with self.engine.begin() if write else self.engine.connect() as conn:
             return await conn.run_sync(self._body, work, write)
 
-    def _in_thread(self, work: Callable[[_Tx], T], write: bool) -> T:
+    def _read_in_thread(self, work: Callable[[_Tx], T]) -> T:
         assert self._sqlite is not None  # noqa: S101  # (SQLite only)
-        with self._sqlite.begin() if write else self._sqlite.connect() as conn:
-            return self._body(conn, work, write)
+        with self._sqlite.connect() as conn:
+            return self._body(conn, work, False)
+
+    async def _grouped(self, work: Callable[[_Tx], T]) -> T:
+        """SQLite's group commit: a write joins the batch; whoever holds the writer next runs the
+        whole batch in one transaction and commits once: one flush to disk for every write that
+        arrived while the last batch was being committed, not one each. When one of them fails,
+        the batch is rolled back and each runs again alone, so a failure undoes only itself. The
+        caller gets its own result or error."""
+        mine = _Queued(work)
+        self._batch.append(mine)
+        async with self._batch_lock:
+            if not mine.done:
+                batch, self._batch = self._batch, []
+                await anyio.to_thread.run_sync(self._commit_batch, batch, limiter=self._writer)
+        if mine.error is not None:
+            raise mine.error
+        return mine.result  # type: ignore[no-any-return]
+
+    def _commit_batch(self, batch: list[_Queued]) -> None:
+        assert self._sqlite is not None  # noqa: S101  # (SQLite only)
+        try:
+            with self._sqlite.begin() as conn:
+                for queued in batch:
+                    queued.result = self._body(conn, queued.work, True)
+        except Exception as error:
+            if len(batch) == 1:
+                batch[0].error = error
+            else:  # someone's failure: everyone again, each alone
+                for queued in batch:
+                    self._commit_batch([queued])
+        finally:
+            for queued in batch:
+                queued.done = True
 
     def _body(self, conn: Connection, work: Callable[[_Tx], T], write: bool) -> T:
         tx = _Tx(conn)

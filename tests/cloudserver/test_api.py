@@ -616,3 +616,38 @@ def test_no_second_key_for_a_board_that_carries_one(cloud: Cloud) -> None:
             assert (refused.value.status, refused.value.title) == (409, "another key burnt")
 
     anyio.run(scenario)
+
+
+def test_sqlite_group_commit_a_failing_write_undoes_only_itself(tmp_path: Path) -> None:
+    """Writes that arrive together are committed together on SQLite; one refused among them
+    (another line's board) leaves the others done, and the audit chain whole."""
+    from cloudserver.db import engine_for, migrate  # noqa: PLC0415
+    from cloudserver.keystore import FileKeyStore  # noqa: PLC0415
+    from cloudserver.service import Refused, Service  # noqa: PLC0415
+    from nuwire.profiles import M2354  # noqa: PLC0415
+
+    async def scenario() -> None:
+        engine = engine_for(f"sqlite+aiosqlite:///{tmp_path / 'cloud.db'}")
+        await migrate(engine)
+        service = Service(engine, FileKeyStore(os.urandom(32)), M2354)
+        for n in range(10):
+            await service.register("CN=a", uid(n), "line-a")
+        outcomes: dict[str, str] = {}
+
+        async def one(n: int) -> None:
+            try:
+                await service.register("CN=b", uid(n), "line-b")  # 0..9 are line-a's: refused
+                outcomes[uid(n)] = "ok"
+            except Refused as refused:
+                outcomes[uid(n)] = refused.title
+
+        async with anyio.create_task_group() as group:
+            for n in range(20):
+                group.start_soon(one, n)
+        assert sorted(outcomes.values()) == ["another line's board"] * 10 + ["ok"] * 10
+        assert all(outcomes[uid(n)] == "ok" for n in range(10, 20))
+        count, _, broken = await service.verify_audit()
+        assert (count, broken) == (20, None)  # 10 + 10 registrations; refusals are the app's rows
+        await service.close()
+
+    anyio.run(scenario)
