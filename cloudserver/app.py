@@ -23,6 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from cloudserver import api
+from cloudserver.metrics import CloudMetrics
 from cloudserver.pki import identity
 from cloudserver.service import JobSpec, Refused, Service
 
@@ -105,6 +106,28 @@ class RateLimit:
 
 
 LIMIT: web.AppKey[RateLimit] = web.AppKey("limit", RateLimit)
+METRICS: web.AppKey[CloudMetrics] = web.AppKey("metrics", CloudMetrics)
+
+
+@web.middleware
+async def measured(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer counted by method, route (the pattern, not the path: UIDs are not labels) and
+    status, and timed."""
+    started = time.monotonic()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as error:
+        status = error.status
+        raise
+    finally:
+        metrics = request.app[METRICS]
+        metrics.requests.labels(request.method, route, str(status)).inc()
+        metrics.seconds.labels(route).observe(time.monotonic() - started)
 
 
 def _action(request: web.Request) -> str:
@@ -125,7 +148,9 @@ async def mutual_tls(request: web.Request, handler: Handler) -> web.StreamRespon
         if await service.is_revoked(serial):
             raise Refused(403, "revoked", f"certificate {subject} (serial {serial}) is revoked")
         if not role:
-            raise Refused(403, "no role", f"certificate {subject} names neither admin nor station in its OU")
+            raise Refused(
+                403, "no role", f"certificate {subject} names no role (admin, station, monitor) in its OU"
+            )
         wait = request.app[LIMIT].wait_s(subject) if role == "station" else 0.0
         if wait > 0:  # answered, not audited: a flood must not become a flood of audit rows
             headers["Retry-After"] = str(math.ceil(wait))
@@ -290,13 +315,21 @@ async def maintenance(request: web.Request) -> web.Response:
     return _json({"seconds": body.seconds})
 
 
+async def metrics_text(request: web.Request) -> web.Response:
+    _require(request, "monitor", "admin")
+    return web.Response(body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8")
+
+
 async def openapi_document(request: web.Request) -> web.Response:
     return _json(api.openapi())
 
 
-def application(service: Service, limit: RateLimit | None = None) -> web.Application:
-    app = web.Application(middlewares=[mutual_tls], client_max_size=3 * api.MAX_BODY)
+def application(
+    service: Service, limit: RateLimit | None = None, metrics: CloudMetrics | None = None
+) -> web.Application:
+    app = web.Application(middlewares=[measured, mutual_tls], client_max_size=3 * api.MAX_BODY)
     app[SERVICE] = service
+    app[METRICS] = metrics or CloudMetrics()
     app[LIMIT] = limit or RateLimit(200.0, 400)
     app.router.add_post("/v1/devices", register)
     app.router.add_get("/v1/devices/{uid}", show_device)
@@ -310,4 +343,5 @@ def application(service: Service, limit: RateLimit | None = None) -> web.Applica
     app.router.add_post("/v1/jobs/{job_id}/devices/{uid}/results", result)
     app.router.add_post("/v1/maintenance", maintenance)
     app.router.add_get("/openapi.json", openapi_document)
+    app.router.add_get("/metrics", metrics_text)
     return app

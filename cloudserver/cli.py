@@ -283,7 +283,7 @@ def _cert_commands(commands: Any) -> None:
     sub = certs.add_parser("issue", help="a new admin or station certificate in DATA/pki")
     sub.add_argument("--data", type=Path, required=True)
     sub.add_argument("--ca-key", type=Path, required=True, help="the CA's private key (kept apart from DATA)")
-    sub.add_argument("--role", choices=("station", "admin"), default="station")
+    sub.add_argument("--role", choices=("station", "admin", "monitor"), default="station")
     sub.add_argument("--line", default="", help="the station's line")
     sub.add_argument("name", help="the certificate's CN and file name, e.g. station-05")
     sub.set_defaults(handler=issue_command)

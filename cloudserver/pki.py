@@ -26,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from nuwire.pem import load_private_key, private_pem
 
-ROLES = ("admin", "station")
+ROLES = ("admin", "station", "monitor")
 VALIDITY = datetime.timedelta(days=825)
 
 
@@ -119,6 +119,7 @@ def init_pki(
     ]
     leaves = [("server", _name("localhost", "server"), server_extensions)]
     leaves.append(("admin", _name("admin", "admin"), _leaf_extensions(ExtendedKeyUsageOID.CLIENT_AUTH)))
+    leaves.append(("monitor", _name("monitor", "monitor"), _leaf_extensions(ExtendedKeyUsageOID.CLIENT_AUTH)))
     for index in range(1, stations + 1):
         name = f"station-{index:02d}"
         leaves.append((name, _name(name, "station", line), _leaf_extensions(ExtendedKeyUsageOID.CLIENT_AUTH)))

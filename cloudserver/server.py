@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cloudserver.app import RateLimit, application, server_context
 from cloudserver.db import engine_for, migrate
+from cloudserver.metrics import CloudMetrics
 from cloudserver.service import Service
 from cloudserver.settings import Settings, SettingsError
 from nuwire.profiles import profile
@@ -54,7 +55,7 @@ def _more_descriptors() -> int:
     return hard
 
 
-def _quiet_connection_errors(loop: asyncio.AbstractEventLoop) -> None:
+def _quiet_connection_errors(loop: asyncio.AbstractEventLoop, metrics: CloudMetrics) -> None:
     """asyncio reports each failed accept() or handshake with a traceback: count them instead,
     and log a count once per QUIET_S (``connections.trouble``)."""
     counts: dict[str, int] = {}
@@ -68,6 +69,7 @@ def _quiet_connection_errors(loop: asyncio.AbstractEventLoop) -> None:
             return
         kind = type(error).__name__ if error is not None else message
         counts[kind] = counts.get(kind, 0) + 1
+        metrics.trouble.labels(kind).inc()
         if time.monotonic() - said[0] >= QUIET_S:
             log.warning("connections.trouble", counts=dict(counts), example=f"{message}: {error}"[:200])
             counts.clear()
@@ -102,14 +104,15 @@ async def run(
     except ssl.SSLError as error:
         raise SettingsError(f"{data / 'settings.json'}: tls: {certificate}, {key}: {error}") from None
     service = await open_service(settings, data)
-    limits = settings.limits
+    limits, metrics = settings.limits, CloudMetrics()
     runner = web.AppRunner(
-        application(service, RateLimit(limits.station_rate_per_s, limits.station_burst)), access_log=None
+        application(service, RateLimit(limits.station_rate_per_s, limits.station_burst), metrics),
+        access_log=None,
     )
     await runner.setup()
     try:
         descriptors = _more_descriptors()
-        _quiet_connection_errors(asyncio.get_running_loop())
+        _quiet_connection_errors(asyncio.get_running_loop(), metrics)
         site = _Site(runner, settings.listen.host, settings.listen.port, ssl_context=context)
         try:
             await site.start()

@@ -651,3 +651,36 @@ def test_sqlite_group_commit_a_failing_write_undoes_only_itself(tmp_path: Path) 
         await service.close()
 
     anyio.run(scenario)
+
+
+def test_metrics_for_a_monitor_certificate_pass_promtool(cloud: Cloud) -> None:
+    """GET /metrics: requests by route pattern (never a UID) and status, latency, connection
+    trouble; for monitor (and admin) certificates only; promtool accepts the text."""
+
+    async def scenario() -> None:
+        async with cloud.client() as station:
+            await station.register(uid(40))
+            with pytest.raises(CloudRefused):
+                await station.job("job-000000000000")
+
+    anyio.run(scenario)
+    pki = cloud.data / "pki"
+    with httpx.Client(
+        base_url=cloud.url,
+        verify=client_context(pki / "station-01.crt", pki / "station-01.key", pki / "ca.crt"),
+    ) as http:
+        assert http.get("/metrics").status_code == 403
+    monitor = client_context(pki / "monitor.crt", pki / "monitor.key", pki / "ca.crt")
+    with httpx.Client(base_url=cloud.url, verify=monitor) as http:
+        answer = http.get("/metrics")
+    assert answer.status_code == 200
+    text = answer.text
+    assert 'nuprov_cloud_requests_total{method="POST",route="/v1/devices",status="200"} 1.0' in text
+    assert 'route="/v1/jobs/{job_id}",status="404"' in text
+    assert uid(40) not in text
+    assert "nuprov_cloud_request_seconds_bucket" in text
+    promtool = system_tool("promtool", "prometheus")
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
