@@ -148,6 +148,10 @@ class _Ask:
     """The OTP words the board holds for the purpose's key, as the station read them."""
 
 
+def _other_line(uid: str, line: str) -> Refused:
+    return Refused(403, "another line's board", f"UID {uid} was registered by line {line}", "uid")
+
+
 def _words(carries: Sequence[int] | None) -> tuple[int, ...] | None:
     return None if carries is None else tuple(carries)
 
@@ -196,10 +200,10 @@ class Service:
         self._sqlite = None if self._postgres else sqlite_engine(engine)
         """SQLite's request paths: the stdlib driver in a worker thread, one hand-off per
         transaction (aiosqlite hands every statement to its thread: 25 times the cost)."""
-        self._writer, self._readers = anyio.CapacityLimiter(1), anyio.CapacityLimiter(4)
-        """SQLite: one write transaction at a time in the process (it has one writer anyway)."""
+        self._readers = anyio.CapacityLimiter(4)
         self._batch: list[_Queued] = []
         self._batch_lock = anyio.Lock()
+        """SQLite: one batch of writes committed at a time (it has one writer anyway)."""
         self.unavailable_until = 0.0
         """Until this time.monotonic(), provisioning answers 503 (planned maintenance)."""
 
@@ -240,7 +244,7 @@ class Service:
         async with self._batch_lock:
             if not mine.done:
                 batch, self._batch = self._batch, []
-                await anyio.to_thread.run_sync(self._commit_batch, batch, limiter=self._writer)
+                await anyio.to_thread.run_sync(self._commit_batch, batch)
         if mine.error is not None:
             raise mine.error
         return mine.result  # type: ignore[no-any-return]
@@ -384,9 +388,7 @@ class Service:
             )
             device = tx.conn.execute(DEVICE, {"uid": uid}).one()
             if line and device.line and device.line != line:
-                raise Refused(
-                    403, "another line's board", f"UID {uid} was registered by line {device.line}", "uid"
-                )
+                raise _other_line(uid, device.line)
             if line and not device.line:  # registered before lines (or by an admin): claimed
                 tx.conn.execute(update(DEVICES).where(DEVICES.c.uid == uid).values(line=line))
             self._audit(tx, subject, "register", uid=uid, detail="new" if fresh else "repeat")
@@ -548,9 +550,7 @@ class Service:
                 "obj_id",
             )
         if line and found.line and found.line != line:
-            raise Refused(
-                403, "another line's board", f"UID {uid} was registered by line {found.line}", "uid"
-            )
+            raise _other_line(uid, found.line)
         return found
 
     @staticmethod

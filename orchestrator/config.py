@@ -167,6 +167,13 @@ def _parse(path: Path) -> tuple[Any, yaml.Node | None]:
         raise ConfigError([f"{where}: not valid YAML: {getattr(error, 'problem', error)}"]) from None
 
 
+def _clash_at(clash: str) -> tuple[tuple[Any, ...], str]:
+    """(where, what) of one of :func:`clashes`' ``index.field: problem`` lines."""
+    index, rest = clash.split(".", 1)
+    field, text = rest.split(": ", 1)
+    return ("stations", int(index), field), text
+
+
 def _problems(path: Path, tree: yaml.Node | None, error: ValidationError) -> list[str]:
     """Every validation error as ``file:line: field: message``."""
     found = []
@@ -174,11 +181,7 @@ def _problems(path: Path, tree: yaml.Node | None, error: ValidationError) -> lis
         loc, message = tuple(each["loc"]), each["msg"].removeprefix("Value error, ")
         parts = [(loc, message)]
         if loc == ("stations",) and message.split(".")[0].isdigit():  # the uniqueness check's list
-            parts = []
-            for line in message.splitlines():
-                index, rest = line.split(".", 1)
-                field, text = rest.split(": ", 1)
-                parts.append((("stations", int(index), field), text))
+            parts = [_clash_at(line) for line in message.splitlines()]
         for where, text in parts:
             field_path = ".".join(str(part) for part in where) or "(top)"
             found.append(f"{path}:{_line_of(tree, where) or 1}: {field_path}: {text}")
@@ -235,9 +238,8 @@ def check(path: Path) -> list[str]:
         found += _problems(path, tree, error)
         if isinstance(data, dict) and isinstance(data.get("stations"), list):  # not checked past an error
             for clash in clashes(data["stations"]):
-                index, rest = clash.split(".", 1)
-                field, text = rest.split(": ", 1)
-                line = f"{_at(path, tree, ('stations', int(index), field))}: {text}"
+                where, text = _clash_at(clash)
+                line = f"{_at(path, tree, where)}: {text}"
                 if line not in found:
                     found.append(line)
     if not isinstance(data, dict):
