@@ -136,8 +136,10 @@ def _print(value: object) -> None:
     print(json.dumps(value, indent=2))
 
 
-def _admin_call(args: argparse.Namespace, action: Callable[[Any], Awaitable[object]]) -> int:
-    """Run one admin call against the server and print its JSON; cloud errors are one line, exit 1."""
+def _admin_call(
+    args: argparse.Namespace, action: Callable[[Any], Awaitable[Any]], show: Callable[[Any], None] = _print
+) -> int:
+    """Run one admin call against the server and show its answer (JSON); cloud errors are one line, exit 1."""
     from cloudserver.client import CloudError  # noqa: PLC0415
 
     async def act() -> object:
@@ -145,7 +147,7 @@ def _admin_call(args: argparse.Namespace, action: Callable[[Any], Awaitable[obje
             return await action(cloud)
 
     try:
-        _print(anyio.run(act))
+        show(anyio.run(act))
     except CloudError as error:
         print(f"cloudserver: error: {error}", file=sys.stderr)
         return 1
@@ -170,6 +172,8 @@ def job_command(args: argparse.Namespace) -> int:
             return await cloud.job(args.job_id)
         return await cloud.close_job(args.job_id)
 
+    if getattr(args, "id_only", False):
+        return _admin_call(args, action, lambda job: print(job["id"]))
     return _admin_call(args, action)
 
 
@@ -313,6 +317,7 @@ def _job_commands(commands: Any) -> None:
             sub.add_argument(
                 "--lines", default="", help="comma-separated lines that may draw on it (default: every line)"
             )
+            sub.add_argument("--id-only", action="store_true", help="print only the new job's id")
         sub.set_defaults(handler=job_command)
 
 

@@ -16,6 +16,7 @@ from nuwire.cli import parser, run
 from nuwire.keys import raw_public_key
 from nuwire.pem import load_public_key
 from nuwire.profiles import PROFILES, profile
+from orchestrator import doctor, init
 from orchestrator.isp_info import isp_info_command
 
 
@@ -257,6 +258,8 @@ def _first(error: BaseException, kind: type[Exception]) -> BaseException | None:
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915  # one parser per command
     top, commands = parser("orchestrator", "The factory-line provisioning daemon.")
+    init.add_parser(commands)
+    doctor.add_parser(commands)
     cmd = commands.add_parser("run", help="run the line daemon until SIGTERM")
     cmd.add_argument("--config", type=Path, required=True, help="stations.yaml")
     cmd.add_argument("--journal", type=Path, default=Path("journal.db"))

@@ -44,6 +44,11 @@ class JobCheck:
             return f"job {self.job_id} has no quota left ({used} of {quantity} boards)"
         return None
 
+    @property
+    def job(self) -> dict[str, Any] | None:
+        """The cloud's last answer about the job (None before one, or after a failure)."""
+        return self._job
+
     def forget(self) -> None:
         """Ask the cloud again next time (a board took quota, a refusal came back)."""
         self._asked_at = -float("inf")
