@@ -1,10 +1,11 @@
 """The daemon's local HTTP API, dashboard and metrics (aiohttp, in the daemon's event loop).
 
 Read-only and open to anyone who can reach the address (127.0.0.1 by default): the dashboard at /,
-``GET /api/v1/status``, ``GET /api/v1/stations/{name}``, ``GET /api/v1/boards/{uid}``, the live event stream
+``GET /api/v1/status``, ``GET /api/v1/stations/{name}``, ``GET /api/v1/boards`` (the job's boards,
+searched), ``GET /api/v1/boards/{uid}`` and ``.../history`` (every attempt), the live event stream
 ``GET /api/v1/events`` (server-sent events) and ``GET /metrics`` (Prometheus). Control actions need
 ``Authorization: Bearer <token>`` with the token from ``api.token_file``:
-``POST /api/v1/stations/{name}/pause|resume|retry|release``. The routes are listed in docs/api.md.
+``POST /api/v1/stations/{name}/pause|resume|retry|release``. The routes are listed in docs/monitoring.md.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,9 @@ import anyio
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from orchestrator.journal import FINAL, Board
+from orchestrator.report import board_history, board_row
 
 if TYPE_CHECKING:
     from orchestrator.daemon import Line
@@ -100,7 +105,9 @@ class Api:
                 web.static("/static", WEB),
                 web.get("/api/v1/status", self.status),
                 web.get("/api/v1/stations/{name}", self.station),
+                web.get("/api/v1/boards", self.boards),
                 web.get("/api/v1/boards/{uid}", self.board),
+                web.get("/api/v1/boards/{uid}/history", self.history),
                 web.post("/api/v1/stations/{name}/{action}", self.action),
                 web.get("/api/v1/events", self.events),
                 web.get("/metrics", self.metrics),
@@ -157,11 +164,42 @@ class Api:
     async def station(self, request: web.Request) -> web.Response:
         return web.json_response(self.line.station_status(self._runner_name(request)))
 
-    async def board(self, request: web.Request) -> web.Response:
+    def _board(self, request: web.Request) -> Board:
         board = self.line.journal.board(request.match_info["uid"].upper())
         if board is None:
             raise Refused(404, "No such board", "the journal has no board with this UID")
-        return web.json_response(vars(board))
+        return board
+
+    async def board(self, request: web.Request) -> web.Response:
+        return web.json_response(vars(self._board(request)))
+
+    async def history(self, request: web.Request) -> web.Response:
+        """Every attempt of every step of one board, from the journal (the board table's detail)."""
+        return web.json_response(board_history(self.line.journal, self._board(request)))
+
+    async def boards(self, request: web.Request) -> web.Response:
+        """The job's boards, latest first: ``search`` (part of a UID), ``outcome`` (PASS, FAIL,
+        QUARANTINE, or ``none`` for boards in progress), ``limit`` (1-500, default 100)."""
+        query = request.query
+        search, outcome = query.get("search", "").strip(), query.get("outcome", "")
+        if not re.fullmatch(r"[0-9A-Za-z]{0,64}", search):
+            raise Refused(400, "Bad search", "search: letters and digits of a UID only")
+        if outcome not in ("", "none", *FINAL):
+            raise Refused(400, "Bad outcome", f"outcome: one of {', '.join(FINAL)} or none")
+        try:
+            limit = int(query.get("limit", "100"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 500:
+            raise Refused(400, "Bad limit", "limit: a whole number from 1 to 500")
+        found = self.line.journal.boards(
+            self.line.config.job_id,
+            search=search,
+            outcome=None if not outcome else "" if outcome == "none" else outcome,
+            limit=limit + 1,
+        )
+        rows = [board_row(board) for board in found[:limit]]
+        return web.json_response({"boards": rows, "more": len(found) > limit})
 
     async def metrics(self, _: web.Request) -> web.Response:
         response = web.Response(body=self.line.metrics.render())

@@ -32,7 +32,7 @@ from orchestrator.config import ConfigError, LineConfig, Station, load
 from orchestrator.journal import Board, Journal
 from orchestrator.metrics import Metrics
 from orchestrator.preflight import JobCheck
-from orchestrator.report import LineTotals
+from orchestrator.report import LineTotals, job_panel
 from orchestrator.station import StationRunner, send_result
 from orchestrator.steps import BY_NUMBER
 
@@ -298,7 +298,13 @@ class Line:
                     "notice": self.notice,
                     "time": time.time(),
                     "stations": [self.station_status(name) for name in sorted(self.stations)],
-                    "totals": self.totals.as_dict(),
+                    "totals": (totals := self.totals.as_dict()),
+                    "job": job_panel(
+                        self.job_check.job,
+                        self.job_check.error,
+                        totals,
+                        self.journal.in_progress(self.config.job_id),
+                    ),
                 },
             )
         return self._snapshot[1]

@@ -4,8 +4,11 @@ The checks, in order: the configuration (:func:`orchestrator.config.check`), the
 certificate with its key and CA (:func:`orchestrator.credentials.examine`), the SecureISP station
 key, the cloud (mutual TLS handshake, the job open with quota left: the daemon's own
 :class:`~orchestrator.preflight.JobCheck`), every enabled station's probe (as pyOCD sees it, once
-for all) and UART (opened at its baud), the dashboard's port, the journal's folder. Nothing is
-written to a board, the cloud or the journal. Exit 0 when every check passes, 1 when one fails,
+for all) and UART (opened at its baud, DTR and RTS set low), the dashboard's port, the journal's
+folder. On a running line (its daemon answers at ``api.listen``, or for port 0 at the address
+in api.json beside the journal) the stations are the daemon's:
+their state as it sees them, their devices not touched. Nothing is written to a board, the cloud
+or the journal. Exit 0 when every check passes, 1 when one fails,
 2 when the configuration cannot be read at all.
 """
 
@@ -120,6 +123,16 @@ def probe_key(unique_id: str) -> str:
     return unique_id.rsplit(":", 1)[-1].lower()
 
 
+def _open_uart(path: str, baud: int) -> None:
+    """Open and close a UART without raising DTR or RTS (on many fixtures they reset the board)."""
+    import serial  # noqa: PLC0415
+
+    port = serial.Serial(timeout=0)
+    port.port, port.baudrate, port.dtr, port.rts = path, baud, False, False
+    port.open()
+    port.close()
+
+
 def _station_rows(config: LineConfig) -> list[Row]:
     import serial  # noqa: PLC0415
 
@@ -137,7 +150,7 @@ def _station_rows(config: LineConfig) -> list[Row]:
             rows.append(Row("probe", subject, True, description))
         subject = f"{station.name} {station.uart}"
         try:
-            serial.Serial(station.uart, station.baud, timeout=0).close()
+            _open_uart(station.uart, station.baud)
         except (serial.SerialException, OSError, ValueError) as error:
             fix = (
                 "check the UART adapter (ls -l /dev/serial/by-id/); the daemon's user needs the dialout group"
@@ -152,15 +165,51 @@ def _station_rows(config: LineConfig) -> list[Row]:
     return rows
 
 
-def _api_row(config: LineConfig) -> Row:
+def _running_rows(snapshot: dict[str, Any]) -> list[Row]:
+    """A running line's stations as its daemon sees them (their devices are not touched)."""
+    rows = []
+    for station in snapshot.get("stations", []):
+        state, error = str(station.get("state")), str(station.get("last_error") or "")
+        ok = state not in ("blocked", "crashed")
+        detail = f"the daemon has it: {state}" + (f" ({error})" if error and not ok else "")
+        fix = "" if ok else "mend what it names; the station tries again by itself"
+        rows.append(Row("station", f"{station.get('name')} {station.get('probe')}", ok, detail, fix))
+    return rows
+
+
+def _daemon(config: LineConfig, beside: list[Path]) -> dict[str, Any] | None:
+    """The status of this line's daemon when one answers at api.listen (for port 0: at the
+    address in an api.json ``beside`` the journal or the configuration), else None."""
+    import httpx  # noqa: PLC0415
+
     host, port = config.api.listen.rsplit(":", 1)
+    urls = [f"http://{host}:{port}"] if port != "0" else []
+    for folder in beside if port == "0" else []:
+        try:
+            urls.append(str(json.loads((folder / "api.json").read_text())["url"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    for url in urls:
+        try:
+            answer = httpx.get(f"{url}/api/v1/status", timeout=5).json()
+        except (httpx.HTTPError, ValueError):
+            continue
+        if isinstance(answer, dict) and answer.get("line") == config.line:
+            return answer
+    return None
+
+
+def _api_row(config: LineConfig, running: bool) -> Row:
+    host, port = config.api.listen.rsplit(":", 1)
+    if running:
+        return Row("api", config.api.listen, True, "this line's daemon is running here")
     if port == "0":
         return Row("api", config.api.listen, True, "any free port (written to api.json beside the journal)")
     try:
         with socket.create_server((host.strip("[]"), int(port))):
             pass
     except OSError as error:
-        why = "in use (the daemon already running?)" if error.errno == errno.EADDRINUSE else error.strerror
+        why = "in use by something else" if error.errno == errno.EADDRINUSE else error.strerror
         return Row(
             "api", config.api.listen, False, str(why), "stop what holds it, or choose another api.listen"
         )
@@ -184,7 +233,9 @@ def doctor(config_path: Path, journal: Path) -> tuple[list[Row], bool]:
     if config is None:
         return rows, False
     rows += [_certificate_row(config), _station_key_row(config), anyio.run(_cloud_row, config)]
-    rows += [*_station_rows(config), _api_row(config), _journal_row(journal)]
+    running = _daemon(config, [journal.parent, config_path.parent])
+    rows += _running_rows(running) if running is not None else _station_rows(config)
+    rows += [_api_row(config, running is not None), _journal_row(journal)]
     return rows, True
 
 

@@ -197,6 +197,14 @@ class Journal:
             ).fetchone()
         return int(row[0])
 
+    def in_progress(self, job_id: str) -> int:
+        """A job's boards started and not finished (in a fixture, parked, or taken out mid-way)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM boards WHERE job_id = ? AND outcome IS NULL", (job_id,)
+            ).fetchone()
+        return int(row[0])
+
     def mark_reported(self, uid: str) -> None:
         self._write("UPDATE boards SET reported = ? WHERE uid = ?", (time.time(), uid))
 
@@ -248,10 +256,37 @@ class Journal:
     def steps(self, uid: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT step, phase, attempt, outcome, outputs, time FROM steps WHERE uid = ? ORDER BY id",
+                "SELECT step, phase, attempt, outcome, outputs, time, station FROM steps "
+                "WHERE uid = ? ORDER BY id",
                 (uid,),
             ).fetchall()
         return [
-            {"step": s, "phase": p, "attempt": a, "outcome": o, "outputs": json.loads(out), "time": t}
-            for s, p, a, o, out, t in rows
+            {
+                "step": s,
+                "phase": p,
+                "attempt": a,
+                "outcome": o,
+                "outputs": json.loads(out),
+                "time": t,
+                "station": at,
+            }
+            for s, p, a, o, out, t, at in rows
         ]
+
+    def boards(
+        self, job_id: str, *, search: str = "", outcome: str | None = None, limit: int = 100
+    ) -> list[Board]:
+        """A job's boards, the latest first: ``search`` a part of the UID (any case), ``outcome``
+        one of FINAL or ``""`` for boards in progress (no outcome yet)."""
+        query, params = "SELECT * FROM boards WHERE job_id = ?", [job_id]
+        if search:
+            escaped = search.upper().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query += " AND uid LIKE ? ESCAPE '\\'"
+            params.append(f"%{escaped}%")
+        if outcome is not None:
+            query += " AND outcome = ?" if outcome else " AND outcome IS NULL"
+            params += [outcome] if outcome else []
+        query += " ORDER BY COALESCE(finished, started) DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(query, (*params, limit)).fetchall()
+        return [Board(*row) for row in rows]

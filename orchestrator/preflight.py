@@ -49,6 +49,11 @@ class JobCheck:
         """The cloud's last answer about the job (None before one, or after a failure)."""
         return self._job
 
+    @property
+    def error(self) -> str | None:
+        """Why the last question about the job had no answer (None: it had one)."""
+        return self._error
+
     def forget(self) -> None:
         """Ask the cloud again next time (a board took quota, a refusal came back)."""
         self._asked_at = -float("inf")

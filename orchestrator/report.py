@@ -49,8 +49,8 @@ def _history(journal: Journal, uid: str) -> tuple[dict[str, dict[str, Any]], dic
     return steps, images
 
 
-def _board(journal: Journal, board: Board) -> dict[str, Any]:
-    steps, images = _history(journal, board.uid)
+def board_row(board: Board) -> dict[str, Any]:
+    """A board as the reports and the dashboard's board table list it (outcome None: in progress)."""
     return {
         "uid": board.uid,
         "station": board.station,
@@ -60,10 +60,74 @@ def _board(journal: Journal, board: Board) -> dict[str, Any]:
         "reason": board.reason,
         "started": iso(board.started),
         "finished": iso(board.finished),
-        "duration_s": round((board.finished or 0) - (board.started or 0), 3),
-        **images,
-        "steps": steps,
+        "duration_s": round((board.finished or 0) - (board.started or 0), 3) if board.finished else None,
     }
+
+
+def _board(journal: Journal, board: Board) -> dict[str, Any]:
+    steps, images = _history(journal, board.uid)
+    return {**board_row(board), **images, "steps": steps}
+
+
+MARKS = {"otp-result": "OTP written and read back", "lock-verified": "lock read back", "image": "image"}
+"""The journal's proofs of an irreversible step, shown in a board's history."""
+
+
+def board_history(journal: Journal, board: Board) -> dict[str, Any]:
+    """A board's report entry and every attempt of every step in order: station, start, time,
+    outcome, error, the proofs it left (OTP written, lock read back, an image's version) and a
+    person's decisions (retry, release, with the reason)."""
+    attempts: list[dict[str, Any]] = []
+    open_: dict[int, dict[str, Any]] = {}
+    for event in journal.steps(board.uid):
+        number, phase, outputs = event["step"], event["phase"], event["outputs"]
+        if phase == "operator":
+            previous = outputs.get("previous") or {}
+            attempts.append({"step": 0, "name": event["outcome"], "station": event.get("station"),
+                             "started": iso(event["time"]), "outcome": previous.get("outcome"),
+                             "error": outputs.get("reason", ""), "notes": []})  # fmt: skip
+        elif phase == "intent" and number in BY_NUMBER:
+            open_[number] = {
+                "step": number, "name": BY_NUMBER[number].name, "attempt": event["attempt"],
+                "station": event.get("station"), "started": iso(event["time"]), "at": event["time"],
+                "duration_s": None, "outcome": None, "error": "", "notes": [],
+            }  # fmt: skip
+            attempts.append(open_[number])
+        elif phase == "result" and number in open_:
+            row = open_.pop(number)
+            row["duration_s"] = round(event["time"] - row["at"], 3)
+            row["outcome"], row["error"] = event["outcome"], outputs.get("error", "")
+        elif phase in MARKS and number in open_:
+            version = f" {outputs['version']}" if phase == "image" else ""
+            open_[number]["notes"].append(MARKS[phase] + version)
+    for row in attempts:
+        row.pop("at", None)
+    return {**_board(journal, board), "attempts": attempts}
+
+
+def job_panel(
+    job: dict[str, Any] | None, problem: str | None, totals: dict[str, Any], in_progress: int
+) -> dict[str, Any]:
+    """The dashboard's job panel: the cloud's quota (used, left), this line's boards in progress,
+    the time left at the last hour's rate, and once no board can start or finish any more (the
+    quota used and none in progress, or the job closed) the verdict, e.g. ``job done: 998 PASS,
+    2 FAIL, 0 QUARANTINE``. ``job`` is the cloud's last answer (None before one: ``problem``)."""
+    if job is None:
+        return {"state": "unknown", "problem": problem, "verdict": None}
+    quantity, used = int(job.get("quantity", 0)), int(job.get("used", 0))
+    left, rate = max(quantity - used, 0), totals["boards_per_hour"]
+    remaining = left + in_progress
+    time_left = None if remaining and not rate else round(3600 * remaining / rate) if remaining else 0
+    panel: dict[str, Any] = {
+        "state": job.get("state"), "quantity": quantity, "used": used, "left": left,
+        "in_progress": in_progress, "problem": problem, "verdict": None, "time_left_s": time_left,
+    }  # fmt: skip
+    closed = job.get("state") != "open"
+    if closed or remaining == 0:
+        counts = f"{totals['pass']} PASS, {totals['fail']} FAIL, {totals['quarantine']} QUARANTINE"
+        panel["verdict"] = f"job {'closed' if closed else 'done'}: {counts}"
+        panel["time_left_s"] = 0
+    return panel
 
 
 class LineTotals:

@@ -1,4 +1,5 @@
-// The line dashboard: one tile per station, line totals and a failure Pareto, kept live by the
+// The line dashboard: one tile per station, line totals, the job panel, a failure Pareto, the
+// quarantined boards and a searchable board table with each board's history, kept live by the
 // daemon's server-sent events (/api/v1/events). Text from the daemon only ever goes in as text.
 "use strict";
 
@@ -29,6 +30,113 @@ async function act(station, action, body) {
     const problem = await response.json().catch(() => ({}));
     $("message").textContent = `${station}: ${action} refused: ${problem.detail || response.status}`;
   }
+  if (action === "retry" || action === "release") refreshBoards();
+  return response.ok;
+}
+
+function release(station, uid) {
+  const reason = prompt(`Release the quarantined board ${uid || ""} on ${station}: why?`.replace("  ", " "));
+  if (reason) act(station, "release", uid ? { uid, reason } : { reason });
+}
+
+// "2026-12-03T06:15:02.125Z" -> "2026-12-03 06:15:02"
+const when = (iso) => (iso ? iso.replace("T", " ").slice(0, 19) : "");
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "-";
+  if (seconds < 60) return `${seconds} s`;
+  const hours = Math.floor(seconds / 3600);
+  const minutes = Math.round((seconds % 3600) / 60);
+  return hours ? `${hours} h ${minutes} min` : `${minutes} min`;
+}
+
+function cells(row, values) {
+  for (const value of values) make(row, "td", null, value === null || value === undefined ? "" : String(value));
+}
+
+let boardsAsked = 0;
+
+async function loadBoards() {
+  const params = new URLSearchParams({ search: $("board-search").value.trim(), limit: "100" });
+  if ($("board-outcome").value) params.set("outcome", $("board-outcome").value);
+  const mine = ++boardsAsked;
+  const response = await fetch(`/api/v1/boards?${params}`);
+  const body = await response.json().catch(() => ({}));
+  if (mine !== boardsAsked) return; // a later search has answered, or will
+  const rows = $("boards").tBodies[0];
+  rows.textContent = "";
+  if (!response.ok) {
+    make(make(rows, "tr", "none"), "td", null, body.detail || `error ${response.status}`).colSpan = 7;
+    return;
+  }
+  for (const b of body.boards) {
+    const row = make(rows, "tr", b.outcome ? b.outcome.toLowerCase() : "running");
+    row.dataset.uid = b.uid;
+    row.tabIndex = 0;
+    cells(row, [b.uid, b.station, b.outcome || "in progress", b.failed_step, b.reason, when(b.finished), b.duration_s]);
+    row.addEventListener("click", () => loadHistory(b.uid));
+    row.addEventListener("keydown", (event) => { if (event.key === "Enter") loadHistory(b.uid); });
+  }
+  if (!body.boards.length) make(make(rows, "tr", "none"), "td", null, "no board").colSpan = 7;
+  $("boards-more").textContent = body.more ? "the latest 100 shown: search to narrow" : "";
+}
+
+async function loadHistory(uid) {
+  const response = await fetch(`/api/v1/boards/${encodeURIComponent(uid)}/history`);
+  const h = await response.json().catch(() => ({}));
+  $("history").hidden = false;
+  $("history").dataset.uid = uid;
+  for (const row of $("boards").tBodies[0].rows) row.classList.toggle("selected", row.dataset.uid === uid);
+  const rows = $("history-steps").tBodies[0];
+  rows.textContent = "";
+  if (!response.ok) {
+    $("history-title").textContent = `${uid}: ${h.detail || response.status}`;
+    return;
+  }
+  const images = [h.bootloader && `bootloader ${h.bootloader.version}`, h.application && `application ${h.application.version}`];
+  const shown = [h.outcome || "in progress", h.reason, ...images].filter(Boolean).join(" · ");
+  $("history-title").textContent = `${uid} on ${h.station}: ${shown}`;
+  for (const a of h.attempts) {
+    const row = make(rows, "tr", a.step ? (a.outcome || "open") : "decision");
+    row.dataset.step = a.step;
+    const name = a.step ? `${a.step} ${a.name}` : `${a.name} (was ${a.outcome})`;
+    cells(row, [name, a.attempt, a.station, when(a.started), a.duration_s, a.step ? a.outcome || "unfinished" : "", a.error, a.notes.join(", ")]);
+  }
+}
+
+async function loadQuarantined() {
+  const response = await fetch("/api/v1/boards?outcome=QUARANTINE&limit=500");
+  if (!response.ok) return;
+  const list = $("quarantined");
+  list.textContent = "";
+  for (const b of (await response.json()).boards) {
+    const item = make(list, "li");
+    item.dataset.uid = b.uid;
+    const uid = make(item, "a", "uid", b.uid);
+    uid.href = "#history";
+    uid.addEventListener("click", () => loadHistory(b.uid));
+    make(item, "span", "where", ` ${b.station} · step ${b.failed_step}`);
+    make(item, "div", "reason", b.reason || "");
+    make(item, "button", "release", "release").addEventListener("click", () => release(b.station, b.uid));
+  }
+  if (!list.children.length) make(list, "li", "none", "none");
+}
+
+function refreshBoards() {
+  loadBoards();
+  loadQuarantined();
+  if (!$("history").hidden) loadHistory($("history").dataset.uid);
+}
+
+function renderJob(job) {
+  $("verdict").hidden = !job.verdict;
+  $("verdict").textContent = job.verdict || "";
+  const known = job.state !== "unknown";
+  $("job-quota").textContent = known ? `${job.used} of ${job.quantity} used, ${job.left} left` : "-";
+  $("job-progress").textContent = known ? String(job.in_progress) : "-";
+  $("job-time-left").textContent = known ? duration(job.time_left_s) : "-";
+  const problem = job.problem || (known ? "" : "the cloud has not answered yet");
+  $("job-problem").textContent = known && job.state !== "open" ? `the job is ${job.state}` : problem;
 }
 
 function tile(name) {
@@ -55,10 +163,7 @@ function tile(name) {
   parts.retry = make(buttons, "button", "retry", "retry");
   parts.retry.addEventListener("click", () => act(name, "retry"));
   parts.release = make(buttons, "button", "release", "release");
-  parts.release.addEventListener("click", () => {
-    const reason = prompt(`Release the quarantined board on ${name}: why?`);
-    if (reason) act(name, "release", { reason });
-  });
+  parts.release.addEventListener("click", () => release(name, ""));
   tiles.set(name, parts);
   return parts;
 }
@@ -122,6 +227,12 @@ function render(snapshot) {
   }
   snapshot.stations.forEach(renderStation);
   renderPareto(totals.failures_by_step);
+  if (snapshot.job) renderJob(snapshot.job);
+  const finished = `${totals.finished}/${totals.quarantine}`;
+  if (finished !== render.finished) { // a board finished, or went back to the line
+    render.finished = finished;
+    refreshBoards();
+  }
   document.body.dataset.updated = String(snapshot.time);
 }
 
@@ -141,6 +252,9 @@ function connect() {
 window.addEventListener("DOMContentLoaded", () => {
   $("token").value = sessionStorage.getItem("orchestrator-token") || "";
   $("token").addEventListener("change", () => sessionStorage.setItem("orchestrator-token", $("token").value));
+  let typing = null;
+  $("board-search").addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(loadBoards, 150); });
+  $("board-outcome").addEventListener("change", loadBoards);
   connect();
 });
 // Layout checks with a synthetic line: live updates stop so they do not redraw the real one.

@@ -321,6 +321,132 @@ def test_control_actions_need_the_token_and_go_to_the_journal(demo: Demo) -> Non
     assert "QUARANTINE" in release.stderr  # a FAIL is retried, not released
 
 
+def test_dashboard_job_panel_board_table_history_and_quarantine_release(demo: Demo) -> None:
+    """Issue 14's dashboard in Chromium: the job panel against the status API, the board table
+    searched by part of a UID, a board's step history from the journal, a quarantined board
+    listed and released from the page (the reason asked for and journaled), a verdict once the
+    job is done, and the tiles of starting and blocked stations with their reason."""
+    chromium = system_tool("chromium", "chromium")
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415
+
+    report = demo.wait_report()
+    (failed,) = [b for b in report["boards"] if b["outcome"] == "FAIL"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium)
+        page = browser.new_page(viewport={"width": 1920, "height": 1080})
+        page.goto(demo.url + "/")
+        page.wait_for_selector("#boards tbody tr[data-uid]")
+        job = demo.status()["job"]
+        assert job["quantity"] == TOTAL + 1
+        assert job["left"] == job["quantity"] - job["used"]
+        assert page.inner_text("#job-quota") == f"{job['used']} of {job['quantity']} used, {job['left']} left"
+        assert page.inner_text("#job-progress") == str(job["in_progress"])
+        assert not page.is_visible("#verdict")  # quota is left: not done
+        rows = page.eval_on_selector_all("#boards tbody tr", "rows => rows.map(r => r.dataset.uid)")
+        assert sorted(rows) == sorted(b["uid"] for b in report["boards"])
+
+        # Search by a part of the UID (lower case): only that board; its history from the journal.
+        page.fill("#board-search", failed["uid"][-6:].lower())
+        selector = "#boards tbody tr"
+        page.wait_for_function("s => document.querySelectorAll(s).length === 1", arg=selector)
+        assert page.eval_on_selector(selector, "r => r.dataset.uid") == failed["uid"]
+        assert "FAIL\t" in page.inner_text(selector)
+        assert "reset not answered" in page.inner_text(selector)
+        page.click(selector)
+        page.wait_for_selector("#history-steps tbody tr[data-step='5']")
+        steps = page.eval_on_selector_all(
+            "#history-steps tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+        )
+        step5 = [row for row in steps if row[0] == "5 reset"]
+        assert [row[1] for row in step5] == [str(n) for n in range(1, len(step5) + 1)]  # every attempt
+        assert len(step5) == 4
+        assert all(row[5] == "error" and "reset not answered" in row[6] for row in step5)
+        assert [row[0].split()[0] for row in steps[:4]] == ["1", "2", "3", "4"]  # in order, from step 1
+        assert "OTP written and read back" in steps[2][7]
+        assert failed["uid"] in page.inner_text("#history-title")
+        page.screenshot(path=ARTIFACTS / "dashboard-board-history.png", full_page=True)
+        page.fill("#board-search", "no/such")  # not a UID: the API's reason in the table
+        page.wait_for_function(
+            "() => document.querySelector('#boards tbody').textContent.includes('letters and digits')"
+        )
+        page.fill("#board-search", "")
+
+        # A quarantined board is listed with its reason; released from the list with a reason.
+        insert = '{"op": "insert", "station": "station-02", "kind": "objid"}'
+        subprocess.run(
+            [venv_tool("boardsim"), "ctl", "--state-dir", str(demo.workdir / "boards"), insert], check=True
+        )
+        wait_for(
+            lambda: demo.station("station-02")["state"] == "quarantine", 300, "the quarantine on station-02"
+        )
+        uid = demo.station("station-02")["uid"]
+        item = f"#quarantined li[data-uid='{uid}']"
+        page.wait_for_selector(item)
+        assert "OBJ_ID" in page.inner_text(f"{item} .reason")
+        page.screenshot(path=ARTIFACTS / "dashboard-quarantine-list.png")
+        page.fill("#token", demo.token)
+        page.dispatch_event("#token", "change")
+        page.once("dialog", lambda dialog: dialog.accept("checked by engineering: OBJ_ID from the old line"))
+        page.click(f"{item} button.release")
+        page.wait_for_selector(item, state="detached")
+        with sqlite3.connect(demo.workdir / "journal.db") as db:
+            decision = db.execute(
+                "SELECT outputs FROM steps WHERE uid = ? AND phase = 'operator'", (uid,)
+            ).fetchone()
+        assert json.loads(decision[0])["reason"] == "checked by engineering: OBJ_ID from the old line"
+        assert page.inner_text("#quarantined") == "none"
+
+        # The verdict once the job is done; starting and blocked tiles say so, and why.
+        status = demo.status()
+        template = status["stations"][0]
+        done = {**status["job"], "used": job["quantity"], "left": 0, "in_progress": 0,
+                "verdict": "job done: 11 PASS, 1 FAIL, 0 QUARANTINE", "time_left_s": 0}  # fmt: skip
+        blocked = "job job-1 has no quota left (13 of 13 boards)"
+        tiles = [
+            {
+                **template,
+                "name": "station-s",
+                "state": "starting",
+                "uid": None,
+                "step": None,
+                "last_error": "",
+            },
+            {
+                **template,
+                "name": "station-b",
+                "state": "blocked",
+                "uid": None,
+                "step": None,
+                "last_error": blocked,
+            },
+        ]
+        page.evaluate("s => window.renderSnapshot(s)", {**status, "job": done, "stations": tiles})
+        assert page.inner_text("#verdict") == done["verdict"]
+        assert page.inner_text("[data-station='station-s'] .state").lower() == "starting"
+        assert page.inner_text("[data-station='station-b'] .error") == blocked
+        page.screenshot(path=ARTIFACTS / "dashboard-job-done.png")
+        browser.close()
+
+
+def test_board_list_api_pages_filters_and_refuses_bad_queries(demo: Demo) -> None:
+    report = demo.wait_report()
+    boards = f"{demo.url}/api/v1/boards"
+    first = httpx.get(boards, params={"limit": "2"}, timeout=10).json()
+    assert len(first["boards"]) == 2
+    assert first["more"] is True
+    failed = httpx.get(boards, params={"outcome": "FAIL"}, timeout=10).json()
+    assert [b["uid"] for b in failed["boards"]] == [
+        b["uid"] for b in report["boards"] if b["outcome"] == "FAIL"
+    ]
+    assert failed["more"] is False
+    for bad in ({"outcome": "MAYBE"}, {"limit": "0"}, {"limit": "many"}, {"search": "' OR 1=1"}):
+        answer = httpx.get(boards, params=bad, timeout=10)
+        assert answer.status_code == 400, bad
+        assert answer.headers["content-type"].startswith("application/problem+json")
+    assert httpx.get(f"{boards}/0000/history", timeout=10).status_code == 404
+
+
 def runbook_commands() -> list[str]:
     text = (Path(__file__).parent.parent.parent / "docs" / "runbook.md").read_text()
     blocks = re.findall(r"```sh\n(.*?)```", text, re.DOTALL)
