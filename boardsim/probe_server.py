@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from boardsim.dap import DapProbe
+from boardsim.deadline import Deadline
 from boardsim.links import FRAME, frame
 
 SWD_CLOCKS_PER_TRANSFER = 46  # request 8, turnaround and ack 5, data and parity 33
@@ -62,16 +64,18 @@ class ProbeServer:
             return
         self._connections.add(stream)
         reader = BufferedByteReceiveStream(stream)
+        deadline = Deadline()
         try:
             while True:
                 (length,) = FRAME.unpack(await reader.receive_exactly(FRAME.size))
+                received = time.monotonic()
                 packet = await reader.receive_exactly(length)
                 before = self.probe.port.transfers
                 response = self.probe.process(packet)
                 self.packets += 1
                 delay = self.timing.delay(self.probe, self.probe.port.transfers - before)
-                if delay:
-                    await anyio.sleep(delay)
+                if delay:  # the answer leaves when the real probe's would, to the microsecond
+                    await deadline.wait_until(received + delay)
                 await stream.send(frame(response))
         except (
             anyio.EndOfStream,
@@ -81,5 +85,6 @@ class ProbeServer:
         ):
             pass
         finally:
+            deadline.close()
             self._connections.discard(stream)
             await stream.aclose()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import time
 import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import anyio
 
+from boardsim.deadline import Deadline
 from boardsim.isp import BoardIsp
 from nuwire.secureisp.packet import PACKET_SIZE, PacketAssembler, peek_command
 
@@ -76,6 +78,7 @@ class UartPort:
         self.faults = faults or UartFaults()
         self.stats = UartStatistics()
         self._assembler = PacketAssembler()
+        self._deadline = Deadline()
         self.bytes_since_insert = 0
 
     def __repr__(self) -> str:
@@ -87,6 +90,7 @@ class UartPort:
     def close(self) -> None:
         for fd in (self._master, self._slave):
             os.close(fd)
+        self._deadline.close()
         self.link.unlink(missing_ok=True)
 
     def _read(self) -> bytes:
@@ -130,7 +134,7 @@ class UartPort:
             faults.brownout_at_byte = faults.brownout_at_command = None
             board.reset("brown-out")
             return
-        started = anyio.current_time()
+        started = time.monotonic()
         handled = isp.handle(raw)
         if handled is None or handled.response is None:
             return
@@ -140,9 +144,7 @@ class UartPort:
         self.stats.packets += 1
         work = (max(0.0, board.busy_until - board.clock()) + board.timing.aes_packet) * faults.slow_factor
         wire = 2 * PACKET_SIZE * self.byte_time()
-        remaining = started + wire + work - anyio.current_time()
-        if remaining > 0:
-            await anyio.sleep(remaining)
+        await self._deadline.wait_until(started + wire + work)  # not rounded up to a millisecond
         response = faults.damage(handled.response)
         os.write(self._master, response)
         self.stats.bytes_out += len(response)

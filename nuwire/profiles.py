@@ -136,6 +136,10 @@ class TargetProfile:
     debug_lock: DebugLock
     firmware: Firmware = NUVOTON_DEMO
     """The SecureISP target code on the part (ROM and bootloader): its quirks are settings."""
+    reset_post_delay_s: float = 0.1
+    """pyOCD's ``reset.post_delay``: the pause after a reset request before pyOCD polls the core.
+    pyOCD's default (0.1 s) suits any chip; it then polls DHCSR until the core is out of reset and
+    halted, so the pause needs to cover only the reset itself."""
 
     @property
     def reglctl(self) -> int:
@@ -153,6 +157,7 @@ class TargetProfile:
 M2354 = TargetProfile(
     name="M2354",
     pyocd_target="m2354kjfae",
+    reset_post_delay_s=0.01,  # a system reset is over in microseconds; the DHCSR poll waits out the rest
     pdid=0xA1735440,
     cid=0xDA,
     aprom=Region("APROM", 0x0000_0000, 0x10_0000, page_size=0x800),

@@ -337,7 +337,8 @@ def serve(  # the worker's one dispatch loop, kept in one place
                 connection.send(("ok", None))
                 continue
             options = {"project_dir": workdir, "no_config": True, "frequency": frequency,
-                       "hide_programming_progress": True}  # fmt: skip
+                       "hide_programming_progress": True,
+                       "reset.post_delay": target_profile.reset_post_delay_s}  # fmt: skip
             if operation == "hardware_reset":  # nRESET works when the debug port is locked
                 close()
                 _pulse_reset(unique_id, options)
