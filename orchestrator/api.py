@@ -270,6 +270,20 @@ class Api:
         return web.json_response(result)
 
 
+def daemon_url(listen: str, folders: list[Path]) -> str | None:
+    """Where a line's daemon serves: ``api.listen`` itself, or for port 0 the address it wrote to
+    api.json in the first of ``folders`` (beside the journal, beside the configuration) that has one."""
+    host, port = listen.rsplit(":", 1)
+    if port != "0":
+        return f"http://{host}:{port}"
+    for folder in folders:
+        try:
+            return str(json.loads((folder / "api.json").read_text())["url"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
 def write_address(path: Path, url: str) -> None:
     """``api.json`` beside the journal: how ``orchestrator status`` finds a daemon on port 0."""
     temporary = path.with_suffix(".tmp")

@@ -111,16 +111,13 @@ def _api_url(args: argparse.Namespace) -> str | None:
     config = _config(args.config)
     if config is None:
         return None
-    host, port = config.api.listen.rsplit(":", 1)
-    if port != "0":
-        return f"http://{host}:{port}"
-    for address in (args.journal.parent / "api.json", args.config.parent / "api.json"):
-        try:
-            return str(json.loads(address.read_text())["url"])
-        except (OSError, ValueError, KeyError):
-            continue
-    print(f"orchestrator: error: {address}: no running daemon recorded its address", file=sys.stderr)
-    return None
+    from orchestrator.api import daemon_url  # noqa: PLC0415
+
+    url = daemon_url(config.api.listen, [args.journal.parent, args.config.parent])
+    if url is None:
+        where = args.config.parent / "api.json"
+        print(f"orchestrator: error: {where}: no running daemon recorded its address", file=sys.stderr)
+    return url
 
 
 def _request(method: str, url: str, path: str, **options: Any) -> Any:

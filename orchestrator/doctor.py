@@ -182,21 +182,14 @@ def _daemon(config: LineConfig, beside: list[Path]) -> dict[str, Any] | None:
     address in an api.json ``beside`` the journal or the configuration), else None."""
     import httpx  # noqa: PLC0415
 
-    host, port = config.api.listen.rsplit(":", 1)
-    urls = [f"http://{host}:{port}"] if port != "0" else []
-    for folder in beside if port == "0" else []:
-        try:
-            urls.append(str(json.loads((folder / "api.json").read_text())["url"]))
-        except (OSError, ValueError, KeyError):
-            continue
-    for url in urls:
-        try:
-            answer = httpx.get(f"{url}/api/v1/status", timeout=5).json()
-        except (httpx.HTTPError, ValueError):
-            continue
-        if isinstance(answer, dict) and answer.get("line") == config.line:
-            return answer
-    return None
+    from orchestrator.api import daemon_url  # noqa: PLC0415
+
+    url = daemon_url(config.api.listen, beside)
+    try:
+        answer = httpx.get(f"{url}/api/v1/status", timeout=5).json() if url else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    return answer if isinstance(answer, dict) and answer.get("line") == config.line else None
 
 
 def _api_row(config: LineConfig, running: bool) -> Row:
