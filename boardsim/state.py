@@ -1,7 +1,10 @@
 """A board's state on disk: STATE_DIR/<UID>/{state.json, otp.bin, aprom.bin, ldrom.bin, dataflash.bin}.
 
-otp.bin and state.json are written atomically (a temporary file in the same folder, fsync,
-rename), at once when they change. Flash changes arrive a word at a time during a download, so
+otp.bin and state.json are written atomically (a temporary file in the same folder, then a
+rename), at once when they change: a SIGKILLed simulator leaves the old file or the new one. They
+are not fsynced: the page cache outlives the simulator, and a power cut of the PC that runs it is
+not a case the simulator models (an fsync per OTP word cost the whole simulator's event loop
+milliseconds with every other probe waiting). Flash changes arrive a word at a time during a download, so
 they mark the memory dirty and :meth:`StateStore.flush` writes what is dirty; the server flushes on
 a short timer and after every packet that answered. A flash file is written whole the first time,
 then only the pages that changed since, in place (one write each: a SIGKILLed simulator leaves
@@ -30,8 +33,6 @@ def write_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
     os.replace(temporary, path)
 
 
@@ -91,7 +92,7 @@ class StateStore:
                 else:
                     write_atomically(folder / f"{name}.bin", bytes(blobs[name]))
             if files - CODE:
-                write_atomically(folder / "state.json", json.dumps(state_json(board), indent=1).encode())
+                write_atomically(folder / "state.json", json.dumps(state_json(board)).encode())
 
     def _pages(self, board: Board, name: str, path: Path, now: bytes) -> None:
         key, page = (board.uid_text, name), board.profile.aprom.page_size

@@ -19,8 +19,10 @@ import contextlib
 import functools
 import multiprocessing
 import os
+import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any, Protocol, TypeVar
 
@@ -29,10 +31,13 @@ import anyio
 from nuwire.profiles import FmcCommand, TargetProfile, profile
 from orchestrator.errors import ProbeFailure
 
-CHUNK = 64
-"""Bytes of memory read in one go: a fault repeats a short read, not the whole image."""
+CHUNKS = (1024, 256, 64)
+"""Bytes of memory read in one go: a kilobyte (a few block transfers), shorter after an SWD fault
+so that on a noisy link a fault repeats a short read, not a long one."""
 OPEN_ATTEMPTS = 4
 """Tries to open a pyOCD session before a failure goes back to the station."""
+POLL_S = 0.001
+"""Between two polls of a flash algorithm running in the target (see _poll_gently)."""
 FAULT_RETRIES = 16
 """An SWD access the target answered with FAULT was not carried out: it is safe to repeat a read, and
 a program is repeated only after a read shows it did not happen."""
@@ -53,6 +58,21 @@ def _context() -> Any:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     return context
+
+
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """Start a worker without the daemon's main script: multiprocessing would have the worker run
+    it again (every import of the CLI, 40% of a worker's CPU), and Python 3.11's fork server
+    ignores a ``__main__`` preload (it looks for a key its own preparation data does not have).
+    Nothing a worker runs lives in that script: its target is :func:`serve`, here."""
+    main = sys.modules["__main__"]
+    script = main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        if script is not None:
+            main.__file__ = script
 
 
 def _transfer_fault() -> type[Exception]:
@@ -85,8 +105,15 @@ class _Target:
         f = self.p.fmc
         enable = f.ispen | f.apuen | f.cfguen | f.lduen
         self.t.write32(f.base + f.ispctl, enable)
-        if self.t.read32(self.p.reglctl) & 1 != 1 or self.t.read32(f.base + f.ispctl) & enable != enable:
+        unlocked, ctl = self._read_together([self.p.reglctl, f.base + f.ispctl])
+        if unlocked & 1 != 1 or ctl & enable != enable:
             raise _transfer_fault()("the register unlock or ISPCTL did not take")
+
+    def _read_together(self, addresses: list[int]) -> list[int]:
+        """Words read in one CMSIS-DAP packet with the writes queued before them: pyOCD defers
+        each read and sends the queue when the first value is asked for."""
+        pending = [self.t.read32(address, now=False) for address in addresses]
+        return [read() for read in pending]
 
     def isp(self, command: int, address: int, data: int = 0, *, results: bool = True) -> tuple[int, int, int]:
         f = self.p.fmc
@@ -94,19 +121,19 @@ class _Target:
         self.t.write32(f.base + f.ispaddr, address)
         self.t.write32(f.base + f.ispdat, data)
         self.t.write32(f.base + f.isptrg, f.ispgo)
-        while self.t.read32(f.base + f.isptrg) & f.ispgo:
-            pass
-        ctl = self.t.read32(f.base + f.ispctl)
+        # The command and its answer in one packet; a command still running when ISPTRG is read
+        # (a program, an erase) is polled, its answer read again with the poll that sees it done.
+        answer = [f.ispctl] + ([f.ispdat, f.mpdat0, f.mpdat1] if results else [])
+        while True:
+            busy, ctl, *values = self._read_together([f.base + o for o in [f.isptrg, *answer]])
+            if not busy & f.ispgo:
+                break
         if ctl & f.ispff:
             self.t.write32(f.base + f.ispctl, ctl | f.ispff)
             raise ProbeFailure("failed", f"FMC command 0x{command:02X} at 0x{address:08X} set ISPFF")
         if not results:  # a program or an erase: nothing to read back here
             return (0, 0, 0)
-        return (
-            self.t.read32(f.base + f.ispdat),
-            self.t.read32(f.base + f.mpdat0),
-            self.t.read32(f.base + f.mpdat1),
-        )
+        return (values[0], values[1], values[2])
 
     def again(self, action: Callable[[], T]) -> T:
         """``action`` (idempotent), repeated after SWD transfer faults."""
@@ -168,11 +195,17 @@ class _Target:
                 self.again(self.unlock)
 
     def flash(self, address: int, data: bytes) -> None:
-        """pyOCD's flash loader; on an SWD fault, the FMC's own page erase and word programs."""
+        """pyOCD's flash loader (page erases, never a chip erase); on an SWD fault, the FMC's own
+        page erase and word programs."""
         from pyocd.flash.loader import MemoryLoader  # noqa: PLC0415
 
+        region = self.t.memory_map.get_region_for_address(address)
+        if region is not None and getattr(region, "flash", None) is not None:
+            _poll_gently(region.flash)
         try:
-            loader = MemoryLoader(self.session, progress=self.progress, smart_flash=False)
+            loader = MemoryLoader(
+                self.session, progress=self.progress, chip_erase="sector", smart_flash=False
+            )
             loader.add_data(address, list(data))
             loader.commit()
         except _transfer_fault():
@@ -194,15 +227,45 @@ class _Target:
         self.progress(1.0)
 
     def read_memory(self, address: int, length: int) -> bytes:
-        def chunk(at: int) -> bytes:
-            return bytes(self.t.read_memory_block8(at, min(CHUNK, address + length - at)))
-
-        return b"".join(
-            self.again(functools.partial(chunk, at)) for at in range(address, address + length, CHUNK)
-        )
+        fault, found, end = _transfer_fault(), bytearray(), address + length
+        size, faults = 0, 0  # the index into CHUNKS; the faults in a row
+        while address + len(found) < end:
+            at = address + len(found)
+            try:
+                found += bytes(self.t.read_memory_block8(at, min(CHUNKS[size], end - at)))
+                faults = 0
+            except fault:
+                faults += 1
+                if faults == FAULT_RETRIES:
+                    raise
+                size = min(size + 1, len(CHUNKS) - 1)
+        return bytes(found)
 
     def reset(self) -> None:
         self.again(self.t.reset_and_halt)
+
+
+def _poll_gently(flash: Any) -> None:  # pragma: no cover - in the worker
+    """pyOCD polls a running flash algorithm back to back, one USB round trip a poll: about 120
+    polls for a page's 10 ms erase and 20 ms program, each costing both ends CPU. Poll every
+    POLL_S instead, then let pyOCD's own wait check the halt, the stack canary and R0."""
+    if getattr(flash, "polls_gently", False):
+        return
+    from pyocd.core import exceptions  # noqa: PLC0415
+    from pyocd.core.target import Target  # noqa: PLC0415
+
+    wait = flash.wait_for_completion
+
+    def gentle(timeout: float | None = None) -> Any:
+        until = time.monotonic() + (timeout or 10.0)
+        while time.monotonic() < until:
+            with contextlib.suppress(exceptions.TransferTimeoutError, exceptions.TransferFaultError):
+                if flash.target.get_state() == Target.State.HALTED:
+                    break
+            time.sleep(POLL_S)
+        return wait(timeout=timeout)
+
+    flash.wait_for_completion, flash.polls_gently = gentle, True
 
 
 def _one_bar(send: Callable[[float], None]) -> Callable[[float], None]:
@@ -221,8 +284,6 @@ def _one_bar(send: Callable[[float], None]) -> Callable[[float], None]:
 
 def _pulse_reset(unique_id: str, options: dict[str, Any]) -> None:  # pragma: no cover - in the worker
     """Pulse nRESET through the probe alone: no debug connection, so a locked target is fine."""
-    import time  # noqa: PLC0415
-
     from pyocd.core.helpers import ConnectHelper  # noqa: PLC0415
 
     session = ConnectHelper.session_with_chosen_probe(unique_id=unique_id, blocking=False, options=options)
@@ -445,6 +506,9 @@ class ProbeWorker(ProbeOperations):
         self._process: Any = None
         self._connection: Connection | None = None
         self._lock = anyio.Lock()
+        # its own thread for the pipe's answers: anyio's default 40 threads would make the 41st
+        # station's calls wait for another station's to end
+        self._thread = anyio.CapacityLimiter(1)
 
     def __repr__(self) -> str:
         alive = self._process is not None and self._process.is_alive()
@@ -459,7 +523,8 @@ class ProbeWorker(ProbeOperations):
             kwargs={"parent": os.getpid(), "environ": dict(os.environ)},
             daemon=True,
         )
-        self._process.start()
+        with _main_script_hidden():
+            self._process.start()
         child.close()
         self._connection = parent
 
@@ -495,10 +560,14 @@ class ProbeWorker(ProbeOperations):
                 raise ProbeFailure("probe", f"the worker for {self.unique_id} is gone: {error}") from None
             try:
                 with anyio.fail_after(limit_s):
-                    answer = await anyio.to_thread.run_sync(connection.recv, abandon_on_cancel=True)
+                    answer = await anyio.to_thread.run_sync(
+                        connection.recv, abandon_on_cancel=True, limiter=self._thread
+                    )
                     while answer[0] == "progress":
                         (on_progress or (lambda _: None))(float(answer[1]))
-                        answer = await anyio.to_thread.run_sync(connection.recv, abandon_on_cancel=True)
+                        answer = await anyio.to_thread.run_sync(
+                            connection.recv, abandon_on_cancel=True, limiter=self._thread
+                        )
             except TimeoutError:
                 self._restarted()
                 self.kill()  # a hung probe: kill and start afresh next time

@@ -110,6 +110,11 @@ async def _within(
         raise ProbeFailure("timeout", late) from None
 
 
+def _wrong_pages(found: bytes, wanted: bytes, page: int) -> list[int]:
+    """The offsets of the pages of ``wanted`` that ``found`` does not match."""
+    return [at for at in range(0, len(wanted), page) if found[at : at + page] != wanted[at : at + page]]
+
+
 def _judged(words: list[int], wanted: list[int], obj_id: str) -> tuple[bool, str | None]:
     """(the record is still to be written, what makes the board not this line's)."""
     try:
@@ -686,23 +691,30 @@ class StationRunner:
             board, 3, _attached(burn_key), before=_attached(lambda: self._before_irreversible(board))
         )
 
-        async def program() -> None:
-            """Page by page, each one compared first: an attempt cut short (a fault, a deadline,
-            a kill) resumes at the first page that is not right, and one page is one probe call."""
-            image, base, page = signed.image, p.bootloader_slot.base, p.aprom.page_size
-            for offset in range(0, len(image), page):
-                part, self._window = image[offset : offset + page], (offset / len(image), page / len(image))
-                if await self.probe.read_memory(base + offset, len(part)) != part:
-                    await self.probe.flash(base + offset, part)
-                    if await self.probe.read_memory(base + offset, len(part)) != part:
-                        raise ProbeFailure(
-                            "failed", f"the bootloader's page at 0x{base + offset:X} did not read back"
-                        )
-                self._progress(1.0)
-            self._window = (0.0, 1.0)
-
-        await self.step(board, 4, _attached(program))
+        await self.step(board, 4, _attached(lambda: self._program_bootloader(signed.image)))
         await self._reset_and_lock(board)
+
+    async def _program_bootloader(self, image: bytes) -> None:
+        """The slot read and compared page by page first: only the pages from the first one
+        that is not right to the last are flashed, in one probe call (one load of the flash
+        algorithm), so an attempt cut short (a fault, a deadline, a kill) resumes there; then
+        every page is read back."""
+        p = self.profile
+        base, page = p.bootloader_slot.base, p.aprom.page_size
+        wrong = _wrong_pages(await self.probe.read_memory(base, len(image)), image, page)
+        if wrong:
+            first, end = wrong[0], min(len(image), wrong[-1] + page)
+            self._window = (first / len(image), (end - first) / len(image))
+            try:
+                await self.probe.flash(base + first, image[first:end])
+            finally:
+                self._window = (0.0, 1.0)
+            wrong = _wrong_pages(await self.probe.read_memory(base, len(image)), image, page)
+            if wrong:
+                raise ProbeFailure(
+                    "failed", f"the bootloader's page at 0x{base + wrong[0]:X} did not read back"
+                )
+        self._progress(1.0)
 
     async def _reset_and_lock(self, board: Board) -> None:
         """Steps 5 and 6. The lock is proven, never assumed: CONFIG0 read back with the lock setting
