@@ -11,6 +11,7 @@ nothing. Every program operation that reaches an OTP word is counted, successful
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,8 +82,8 @@ class Board:
     def __repr__(self) -> str:
         return f"<Board {self.uid_text} booted={self.booted} locked={self.debug_locked}>"
 
-    @property
-    def uid_text(self) -> str:
+    @functools.cached_property
+    def uid_text(self) -> str:  # asked for with every flash word the state store hears of
         return format_uid(self.uid)
 
     # -- events and persistence ---------------------------------------------------------------

@@ -27,7 +27,7 @@ from boardsim.isp import IspKeys
 from boardsim.links import probe_directory
 from boardsim.probe_server import LinkTiming
 from boardsim.state import StateStore, write_atomically
-from boardsim.station import OperatorSettings, Station, StationFaults
+from boardsim.station import DaemonResults, OperatorSettings, Station, StationFaults
 from nuwire.keys import raw_public_key
 from nuwire.pem import private_pem
 from nuwire.profiles import profile
@@ -147,6 +147,11 @@ class Simulator:
         published.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             async with anyio.create_task_group() as group:
+                if self.settings.operator.acknowledge_from is not None:
+                    results = DaemonResults(self.settings.operator.acknowledge_from)
+                    group.start_soon(results.run)
+                    for station in self.stations:
+                        station.results = results
                 for station in self.stations:
                     await group.start(station.probe_server.serve)
                     (published / f"{station.serial}.sock").unlink(missing_ok=True)

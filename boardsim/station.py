@@ -11,6 +11,7 @@ stays silent, as with an empty socket on a real line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -41,6 +42,40 @@ QUIET_S = 0.2
 """The operator looks for a result on the daemon's API only once the board's probe and UART have
 been quiet this long (a station at work on a board talks to it): not ten requests a second from
 every station throughout."""
+
+
+FINAL = ("PASS", "FAIL", "QUARANTINE")
+
+
+class DaemonResults:
+    """The results a running daemon shows, heard on its event stream (``GET /api/v1/events?types=board``,
+    one stream for the whole simulator): the operators wait for them instead of asking the API
+    about their board ten times a second. The daemon's address is read from ``address`` (the
+    api.json it writes) at every connection: a restarted daemon may listen elsewhere. Each new
+    connection is a new ``epoch``: an operator asks once about a board the stream may have missed."""
+
+    def __init__(self, address: Path) -> None:
+        self.address = address
+        self.outcomes: dict[str, str] = {}
+        self.epoch = 0  # 0: not connected yet; counts the connections made
+        self.connected = False
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=None)) as client:
+            while True:
+                with contextlib.suppress(OSError, ValueError, KeyError, httpx.HTTPError):
+                    url = json.loads(await anyio.Path(self.address).read_text())["url"]
+                    events = f"{url}/api/v1/events"
+                    async with client.stream("GET", events, params={"types": "board"}) as response:
+                        response.raise_for_status()
+                        self.epoch, self.connected = self.epoch + 1, True
+                        async for line in response.aiter_lines():
+                            if line.startswith("data: "):
+                                board = json.loads(line.removeprefix("data: "))
+                                if board.get("outcome") in FINAL:
+                                    self.outcomes[board["uid"]] = board["outcome"]
+                self.connected = False
+                await anyio.sleep(0.5)  # no daemon yet, or it went away
 
 
 @dataclass
@@ -143,6 +178,8 @@ class Station:
         self.board: Board | None = None
         self.isp: BoardIsp | None = None
         self.done: list[str] = []
+        self.results: DaemonResults | None = None  # set by the simulator when operators acknowledge
+        self._asked: tuple[str, int] | None = None  # (UID, stream epoch) last asked about
         self.probe = DapProbe(
             self.serial,
             SwdPort(
@@ -266,9 +303,8 @@ class Station:
                 elif now - self._last_traffic < QUIET_S:
                     done = False  # the station is at work on it: no result to look for yet
                 else:
-                    done = await self._acknowledged(
-                        client, self.operator.acknowledge_from, self.board.uid_text
-                    )
+                    address = self.operator.acknowledge_from
+                    done = await self._result_shown(client, address, self.board.uid_text)
                 if done:
                     await anyio.sleep(self.operator.removal_delay_s)
                     self.remove()
@@ -276,6 +312,19 @@ class Station:
                     self.remove()
                 else:
                     await anyio.sleep(0.1)
+
+    async def _result_shown(self, client: httpx.AsyncClient, address: Path, uid: str) -> bool:
+        """Heard on the daemon's event stream; asked of its API once per board and stream
+        connection (the stream may have told it before it connected), or every time while there
+        is no stream to hear it on."""
+        results = self.results
+        if results is not None and uid in results.outcomes:
+            return True
+        if results is not None and results.connected:
+            if self._asked == (uid, results.epoch):
+                return False
+            self._asked = (uid, results.epoch)
+        return await self._acknowledged(client, address, uid)
 
     async def _acknowledged(self, client: httpx.AsyncClient, address: Path, uid: str) -> bool:
         """Whether the daemon has a result (PASS, FAIL, QUARANTINE) for this board, as the station's

@@ -208,18 +208,22 @@ class Api:
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: ``status`` (the whole snapshot, when it changes) and ``board`` (each
-        finished board); a comment every 15 s keeps proxies from closing the stream."""
+        finished board), or only those named in ``?types=status,board``; a comment every 15 s
+        keeps proxies from closing the stream."""
+        types = set(request.query.get("types", "status,board").split(","))
+        if not types or types - {"status", "board"}:
+            raise Refused(400, "Unknown event type", "types is a comma-separated list of status and board")
         response = web.StreamResponse(headers={**HEADERS, "Content-Type": "text/event-stream"})
         await response.prepare(request)
         sent, seen, quiet = "", self.line.boards_done, 0.0
         try:
             while True:
-                snapshot = json.dumps(self.line.snapshot())
+                snapshot = json.dumps(self.line.snapshot()) if "status" in types else sent
                 if snapshot != sent:
                     await response.write(f"event: status\ndata: {snapshot}\n\n".encode())
                     sent, quiet = snapshot, 0.0
                 for number, event in list(self.line.board_events):
-                    if number > seen:
+                    if number > seen and "board" in types:
                         await response.write(f"event: board\ndata: {json.dumps(event)}\n\n".encode())
                         seen = number
                 if quiet >= 15:
