@@ -211,11 +211,7 @@ class Core:
         if pc == algorithm.erase_sector:
             return 0 if board.erase_page(address) else 1
         size, buffer = r.get(1, 0), r.get(2, 0) - board.profile.sram.base
-        for offset in range(0, size, 4):
-            word = int.from_bytes(board.sram[buffer + offset : buffer + offset + 4], "little")
-            if not board.program_flash_word(address + offset, word):
-                return 1
-        return 0
+        return 0 if board.program_flash(address, bytes(board.sram[buffer : buffer + size])) else 1
 
     def after_reset(self) -> None:
         """Core state after a system reset: halted at the reset vector if vector catch is set."""

@@ -22,6 +22,7 @@ DPIDR = 0x0BE12477  # ARMv8-M SW-DP, version 2
 TARGETID = 0x00000477
 AP_IDR = 0x04770025  # AHB5-AP
 AP_BASE = 0xE00FF003
+_AP_CONSTANTS = {0xF4: 0, 0xF8: AP_BASE, 0xFC: AP_IDR}  # CFG, BASE, IDR
 CSW_DEVICE_EN, CSW_SDEVICE_EN = 1 << 6, 1 << 23
 STICKYERR, STICKYCMP, STICKYORUN, WDATAERR = 1 << 5, 1 << 4, 1 << 1, 1 << 7
 CAP_SWD = 0x01
@@ -105,22 +106,17 @@ class SwdPort:
         register = (self.select & 0xF0) | (address & 0xC)
         if self.select >> 24:
             return ACK_OK, 0  # no AP there: IDR reads 0
-        simple = {
-            0x00: self.csw | CSW_DEVICE_EN | CSW_SDEVICE_EN,
-            0x04: self.tar,
-            0xF4: 0,
-            0xF8: AP_BASE,
-            0xFC: AP_IDR,
-        }
-        if register in simple:
-            value = simple[register]
-        elif register == 0x0C or 0x10 <= register <= 0x1C:
+        if register == 0x0C or 0x10 <= register <= 0x1C:  # DRW, BD0-3: the bus
             try:
                 value = self._memory(register, None)
             except BusFault:
                 return self._fault(), 0
+        elif register == 0x00:
+            value = self.csw | CSW_DEVICE_EN | CSW_SDEVICE_EN
+        elif register == 0x04:
+            value = self.tar
         else:
-            value = 0
+            value = _AP_CONSTANTS.get(register, 0)
         self.rdbuff = value
         return ACK_OK, value
 
@@ -155,9 +151,9 @@ class SwdPort:
     def _memory(self, register: int, value: int | None) -> int:
         size = self.csw & 0x7
         address = self.tar if register == 0x0C else (self.tar & ~0xF) | (register & 0xC)
-        width = {0: 1, 1: 2, 2: 4}.get(size)
-        if width is None:
+        if size > 2:
             raise BusFault(f"unsupported access size {size}")
+        width = 1 << size
         word_address = address & ~3
         lane = (address & 3) * 8
         if value is None:

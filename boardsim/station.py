@@ -314,16 +314,17 @@ class Station:
                     await anyio.sleep(0.1)
 
     async def _result_shown(self, client: httpx.AsyncClient, address: Path, uid: str) -> bool:
-        """Heard on the daemon's event stream; asked of its API once per board and stream
-        connection (the stream may have told it before it connected), or every time while there
-        is no stream to hear it on."""
+        """Heard on the daemon's event stream, and asked of its API once per board and stream
+        connection (the stream may have told it before it connected). No stream, no daemon to
+        ask: the board stays in the fixture."""
         results = self.results
-        if results is not None and uid in results.outcomes:
+        if results is None:
+            return await self._acknowledged(client, address, uid)
+        if uid in results.outcomes:
             return True
-        if results is not None and results.connected:
-            if self._asked == (uid, results.epoch):
-                return False
-            self._asked = (uid, results.epoch)
+        if not results.connected or self._asked == (uid, results.epoch):
+            return False
+        self._asked = (uid, results.epoch)
         return await self._acknowledged(client, address, uid)
 
     async def _acknowledged(self, client: httpx.AsyncClient, address: Path, uid: str) -> bool:
