@@ -8,6 +8,7 @@ keys, which stations need for SecureISP), ``control.sock`` (commands while runni
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -248,6 +249,7 @@ async def serve(settings: ServeSettings) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with anyio.create_task_group() as group:
             await group.start(simulator.run)
+            gc.freeze()  # what start-up made lives as long as the simulator: no collection walks it
             async for _ in signals:
                 group.cancel_scope.cancel()
                 break

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import multiprocessing
 import os
 import sys
@@ -340,7 +341,9 @@ def _open_session(unique_id: str, target: str, options: dict[str, Any]) -> Any: 
 def _die_with(parent: int, environ: dict[str, str]) -> None:  # pragma: no cover - in the worker
     """The worker ends with the daemon, even a SIGKILLed one (Linux PR_SET_PDEATHSIG), leaves
     Ctrl-C to the daemon, which stops its stations at a safe point first, and takes the daemon's
-    environment of now (the fork server's is that of its own start)."""
+    environment of now (the fork server's is that of its own start). What it has from the fork
+    server is frozen for the garbage collector: no collection walks it or copies its pages."""
+    gc.freeze()
     os.environ.clear()
     os.environ.update(environ)
     import ctypes  # noqa: PLC0415
