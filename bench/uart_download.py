@@ -7,19 +7,26 @@ The model: every request and answer is 64 bytes at 10 bit times a byte; the targ
 time, 12 word programs per MASS_WRITE, the page erases of ERASE and two ECDH computations in the
 handshake; SET_MASS_WRITE and VERIFY_IMAGE cost one exchange each. ``ratio`` = measured / model;
 1.0 means the host and the simulator add nothing.
+
+As on a line: the simulated board serves its pseudo-terminal from a process of its own, and the
+host is the daemon's own SecureISP link (orchestrator/uart.py: pyserial-asyncio, RESYNC, CONNECT,
+the ECDH rounds, then the download), so the figure includes everything the station's side costs
+per packet.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import os
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
-import serial
-from anyio.from_thread import start_blocking_portal
+import anyio
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from boardsim.board import Board
@@ -32,7 +39,8 @@ from nuwire.profiles import M2354
 from nuwire.secureisp import messages as m
 from nuwire.secureisp.packet import PACKET_SIZE
 from nuwire.secureisp.session import HostSession
-from nuwire.secureisp.states import Phase, Role
+from nuwire.secureisp.states import Role
+from orchestrator.uart import UartLink
 
 
 def prepared_board(app_key: ec.EllipticCurvePrivateKey) -> Board:
@@ -44,13 +52,45 @@ def prepared_board(app_key: ec.EllipticCurvePrivateKey) -> Board:
     return board
 
 
-def exchange(device: serial.Serial, session: HostSession, raw: bytes) -> m.Reply:
-    """One exchange on a clean line; Nuvoton's target answers nothing after a damaged packet."""
-    device.write(raw)
-    answer = device.read(PACKET_SIZE)
-    if len(answer) != PACKET_SIZE:
-        raise TimeoutError("no answer")
-    return session.receive(answer)
+def _serve(link: Path, baud: int, board: Board, keys: IspKeys, pipe: tuple[Connection, Connection]) -> None:
+    """The board's side, in a process of its own: serve the UART until the host's end of the pipe
+    (``pipe[0]``) closes; its copy in this forked process is closed first."""
+    pipe[0].close()
+    ready = pipe[1]
+    isp = BoardIsp(board, keys)
+
+    def until_closed() -> None:
+        with contextlib.suppress(EOFError):
+            ready.recv_bytes()
+
+    async def serve() -> None:
+        port = UartPort(link, baud, lambda: isp)
+        async with anyio.create_task_group() as group:
+            group.start_soon(port.serve)
+            ready.send(str(port.link))
+            await anyio.to_thread.run_sync(until_closed)
+            group.cancel_scope.cancel()
+        port.close()
+
+    anyio.run(serve)
+
+
+async def download(
+    device: str, baud: int, session: HostSession, padded: bytes
+) -> tuple[float, float, m.Reply]:
+    """The handshake's and the whole download's seconds, and VERIFY_IMAGE's answer."""
+    slot, page = M2354.application_slot, M2354.aprom.page_size
+    async with UartLink(device, baud, timeout=2.0) as link:
+        started = time.monotonic()
+        await link.open_session(session)
+        handshake = time.monotonic() - started
+        await link.send(session, m.Erase(slot.base, -(-len(padded) // page)))
+        await link.send(session, m.SetMassWrite(slot.base, len(padded)))
+        for offset in range(0, len(padded), 48):
+            await link.send(session, m.MassWrite(offset // 48, padded[offset : offset + 48]))
+        finished = await link.send(session, m.VerifyImage(slot.base))
+        assert finished is not None  # noqa: S101  # VERIFY_IMAGE is answered
+        return handshake, time.monotonic() - started, finished
 
 
 def run(baud: int, app_size: int) -> dict[str, object]:
@@ -64,34 +104,26 @@ def run(baud: int, app_size: int) -> dict[str, object]:
         header_size=M2354.application_slot.header_size, load_addr=M2354.application_slot.base,
     )  # fmt: skip
     padded = image + b"\xff" * (-len(image) % 4)
-    board = prepared_board(app_key)
-    isp = BoardIsp(board, keys)
-    with tempfile.TemporaryDirectory() as folder, start_blocking_portal() as portal:
-        port = UartPort(Path(folder) / "uart", baud, lambda: isp)
-        portal.start_task_soon(port.serve)
-        with serial.Serial(str(port.link), baud, timeout=2.0) as device:
+    pages = -(-len(padded) // M2354.aprom.page_size)
+    context = multiprocessing.get_context("fork")
+    with tempfile.TemporaryDirectory() as folder:
+        ours, theirs = context.Pipe()
+        board = context.Process(
+            target=_serve, args=(Path(folder) / "uart", baud, prepared_board(app_key), keys, (ours, theirs))
+        )
+        board.start()
+        theirs.close()
+        try:
+            device = ours.recv()
             session = HostSession(Role.BOOTLOADER, station, keys.bootloader.public_key())
-            started = time.monotonic()
-            exchange(device, session, session.connect())
-            while session.phase is not Phase.READY:
-                exchange(device, session, session.key_exchange())
-            handshake = time.monotonic() - started
-            slot = M2354.application_slot
-            pages = -(-len(padded) // M2354.aprom.page_size)
-            exchange(device, session, session.send(m.Erase(slot.base, pages)))
-            exchange(device, session, session.send(m.SetMassWrite(slot.base, len(padded))))
-            for offset in range(0, len(padded), 48):
-                exchange(
-                    device, session, session.send(m.MassWrite(offset // 48, padded[offset : offset + 48]))
-                )
-            finished = exchange(device, session, session.send(m.VerifyImage(slot.base)))
-            measured = time.monotonic() - started
-        portal.call(portal.stop, True)
-        port.close()
+            handshake, measured, finished = anyio.run(download, device, baud, session, padded)
+        finally:
+            ours.close()
+            board.join(10)
     if not finished.ok:
         raise SystemExit(f"download refused: {finished.status}")
     chunks = len(padded) // 48 + (len(padded) % 48 > 0)
-    packets = 9 + 3 + chunks  # handshake, ERASE, SET_MASS_WRITE, VERIFY_IMAGE, MASS_WRITEs
+    packets = 9 + 3 + chunks  # RESYNC, CONNECT and the ECDH rounds; ERASE, SET_MASS_WRITE, VERIFY_IMAGE
     t = REAL_TIMING
     wire = 2 * PACKET_SIZE * 10 / baud
     model = (
