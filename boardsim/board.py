@@ -54,8 +54,9 @@ class Board:
     ucid: tuple[int, int, int, int] = (0, 0, 0, 0)
     timing: Timing = field(default_factory=Timing.instant)
     clock: Callable[[], float] = time.monotonic
-    on_change: Callable[[Board, str], None] | None = None
-    """Told which file of the board's state changed: otp, aprom, ldrom, dataflash or state."""
+    on_change: Callable[[Board, str, int | None, int], None] | None = None
+    """Told which file of the board's state changed (otp, aprom, ldrom, dataflash or state) and,
+    for a flash memory, which bytes of it: (board, what, offset or None for all, length)."""
     on_reset: Callable[[], None] | None = None
     """Told after every reset (the debug model resets the core)."""
 
@@ -94,9 +95,10 @@ class Board:
         )
         self.changed("state")
 
-    def changed(self, what: str) -> None:
+    def changed(self, what: str, offset: int | None = None, length: int = 4) -> None:
+        """``what`` changed; for a flash memory, ``length`` bytes at ``offset`` in it (None: all)."""
         if self.on_change is not None:
-            self.on_change(self, what)
+            self.on_change(self, what, offset, length)
 
     def obj_id(self) -> bytes | None:
         start = self.profile.objid_record - self.profile.data_flash.base
@@ -134,7 +136,7 @@ class Board:
         old = int.from_bytes(store[offset : offset + 4], "little")
         store[offset : offset + 4] = (old & value).to_bytes(4, "little")
         self._spend(self.timing.word_program)
-        self.changed(self._file_of(region))
+        self.changed(self._file_of(region), offset)
         return True
 
     def program_flash(self, address: int, data: bytes) -> bool:
@@ -152,7 +154,7 @@ class Board:
             len(data), "little"
         )
         self._spend(len(data) // 4 * self.timing.word_program)
-        self.changed(self._file_of(region))
+        self.changed(self._file_of(region), offset, len(data))
         return True
 
     def erase_page(self, address: int) -> bool:
@@ -163,7 +165,7 @@ class Board:
         start = offset - offset % region.page_size
         store[start : start + region.page_size] = b"\xff" * region.page_size
         self._spend(self.timing.page_erase)
-        self.changed(self._file_of(region))
+        self.changed(self._file_of(region), start, region.page_size)
         return True
 
     def otp_entry(self, entry: int) -> tuple[int, int]:

@@ -5,10 +5,10 @@ rename), at once when they change: a SIGKILLed simulator leaves the old file or 
 are not fsynced: the page cache outlives the simulator, and a power cut of the PC that runs it is
 not a case the simulator models (an fsync per OTP word cost the whole simulator's event loop
 milliseconds with every other probe waiting). Flash changes arrive a word at a time during a download, so
-they mark the memory dirty and :meth:`StateStore.flush` writes what is dirty; the server flushes on
-a short timer and after every packet that answered. A flash file is written whole the first time,
-then only the pages that changed since, in place (one write each: a SIGKILLed simulator leaves
-every page as it was or as it is, never half); state.json is not rewritten for flash alone, since
+they mark the pages they touch dirty and :meth:`StateStore.flush` writes what is dirty; the server
+flushes on a short timer and after every packet that answered. A flash file is written whole the
+first time, then only the pages marked since, in place (one write each: a SIGKILLed simulator
+leaves every page as it was or as it is, never half); state.json is not rewritten for flash alone, since
 nothing in it follows from the APROM or the LDROM. otp.bin is 256 entries of 8 bytes, entry n at offset 8n,
 low word then high word, little-endian: the same bytes the OTP holds.
 """
@@ -58,8 +58,9 @@ class StateStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._dirty: dict[str, tuple[Board, set[str]]] = {}
-        self._written: dict[tuple[str, str], bytes] = {}
-        """(UID, memory) -> the bytes its file holds, to write only the pages that changed."""
+        self._pages: dict[tuple[str, str], set[int] | None] = {}
+        """(UID, flash memory) -> the offsets of its pages changed since its file was written
+        (None: the whole file), for the memories whose file has been written once."""
 
     def folder(self, board: Board) -> Path:
         return self.root / board.uid_text
@@ -70,11 +71,22 @@ class StateStore:
         self._dirty[board.uid_text] = (board, {"otp", "aprom", "ldrom", "dataflash", "state"})
         self.flush()
 
-    def mark(self, board: Board, what: str) -> None:
-        entry = self._dirty.setdefault(board.uid_text, (board, set()))
+    def mark(self, board: Board, what: str, offset: int | None = None, length: int = 4) -> None:
+        uid = board.uid_text
+        entry = self._dirty.get(uid)
+        if entry is None:
+            entry = self._dirty[uid] = (board, set())
         entry[1].add(what)
         if what in IMMEDIATE:
             self.flush()
+            return
+        key = (uid, what)
+        pages = self._pages.get(key)
+        if offset is None or key not in self._pages:
+            self._pages[key] = None  # the whole file
+        elif pages is not None:
+            page = board.profile.aprom.page_size
+            pages.update(range(offset - offset % page, offset + length, page))
 
     def flush(self) -> None:
         dirty, self._dirty = self._dirty, {}
@@ -88,23 +100,22 @@ class StateStore:
             }
             for name in sorted(files - {"state"}):
                 if name in FLASH:
-                    self._pages(board, name, folder / f"{name}.bin", bytes(blobs[name]))
+                    self._write_pages(board, name, folder / f"{name}.bin", blobs[name])
                 else:
                     write_atomically(folder / f"{name}.bin", bytes(blobs[name]))
             if files - CODE:
                 write_atomically(folder / "state.json", json.dumps(state_json(board)).encode())
 
-    def _pages(self, board: Board, name: str, path: Path, now: bytes) -> None:
+    def _write_pages(self, board: Board, name: str, path: Path, memory: bytearray) -> None:
         key, page = (board.uid_text, name), board.profile.aprom.page_size
-        before = self._written.get(key)
-        if before is None or len(before) != len(now) or not path.exists():
-            write_atomically(path, now)
-        elif before != now:
+        pages = self._pages.get(key)
+        if pages is None or not path.exists():
+            write_atomically(path, bytes(memory))
+        else:
             with open(path, "r+b") as handle:
-                for offset in range(0, len(now), page):
-                    if now[offset : offset + page] != before[offset : offset + page]:
-                        os.pwrite(handle.fileno(), now[offset : offset + page], offset)
-        self._written[key] = now
+                for offset in sorted(pages):
+                    os.pwrite(handle.fileno(), memory[offset : offset + page], offset)
+        self._pages[key] = set()
 
 
 def load_board(folder: Path, profile: TargetProfile, timing: Timing) -> Board:
