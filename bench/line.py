@@ -100,7 +100,9 @@ def floors(baud: int, app_size: int) -> dict[str, float | None]:
         # every page compared, erased and programmed, read back: 3 transfers a word
         "4": pages * t.page_erase + words * (t.word_program + 3 * swd) + 3 * pages * usb,
         "5": usb,
-        "6": t.word_program + 4 * usb,  # CONFIG0 programmed and read back, then a reset
+        # CONFIG0 programmed and read back, a reset, then the lock's proof over SecureISP: the
+        # ROM's session (RESYNC, CONNECT, the ECDH rounds), GET_ID and READ_CONFIG
+        "6": t.word_program + 4 * usb + 11 * (wire + t.aes_packet) + 2 * t.ecdh,
         "7": None,
         # GET_ID, then READ_OTP, WRITE_OTP, READ_OTP an entry (the ROM's session opens before it)
         "8": (1 + 3 * 4) * (wire + t.aes_packet) + 8 * t.word_program,

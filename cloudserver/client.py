@@ -78,9 +78,14 @@ class CloudClient:
         backoff: float = 0.2,
         timeout: httpx.Timeout = TIMEOUT,
         observe: Callable[[str, str, float, int], None] | None = None,
+        connections: int = 20,
     ) -> None:
-        """``observe(method, path, seconds, status)`` is called after every request (status 0: no answer)."""
-        self._http = httpx.AsyncClient(base_url=url, verify=context, timeout=timeout)
+        """``observe(method, path, seconds, status)`` is called after every request (status 0: no
+        answer); ``connections`` are kept alive for reuse (each new one costs a TLS handshake)."""
+        limits = httpx.Limits(
+            max_connections=max(100, connections), max_keepalive_connections=connections, keepalive_expiry=30
+        )
+        self._http = httpx.AsyncClient(base_url=url, verify=context, timeout=timeout, limits=limits)
         self._observe = observe or (lambda *_: None)
         self._attempts = attempts
         self._backoff = backoff

@@ -57,6 +57,7 @@ class LineCloud:
             attempts=1,
             timeout=httpx.Timeout(timeout),
             observe=observe,
+            connections=max(20, len(config.stations)),  # one kept alive per station
         )
         return cls(client, timeout)
 
