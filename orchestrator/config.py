@@ -94,14 +94,19 @@ class Api(_Strict):
     )
 
 
+def probe_key(unique_id: str) -> str:
+    """A probe's serial as pyOCD lists it: without a probe type (``cmsisdap:``, ``boardsim:``), any case."""
+    return unique_id.rsplit(":", 1)[-1].lower()
+
+
 def clashes(stations: list[Any]) -> list[str]:
     """One station per name, per physical probe and per physical UART: a probe id compared
-    without case or pyOCD's ``cmsisdap:`` prefix, a UART by the device its path resolves to
+    by :func:`probe_key` (no case, no probe type), a UART by the device its path resolves to
     (``/dev/serial/by-id/...`` links and ``/dev/ttyACM0`` are one port). ``stations`` as
     mappings (valid or not); each clash as ``index.field: problem``."""
     physical: dict[str, Callable[[str], str]] = {
         "name": lambda v: v,
-        "probe": lambda v: v.lower().removeprefix("cmsisdap:"),
+        "probe": probe_key,
         "uart": os.path.realpath,
     }
     problems = []

@@ -29,7 +29,7 @@ import anyio
 
 from nuwire.errors import ProtocolError
 from nuwire.pem import load_private_key
-from orchestrator.config import ConfigError, LineConfig, check, load
+from orchestrator.config import ConfigError, LineConfig, check, load, probe_key
 from orchestrator.credentials import examine
 
 
@@ -116,11 +116,6 @@ def _probes() -> dict[str, str] | str:
     except Exception as error:  # any pyOCD or USB failure is this check's answer
         return f"pyOCD could not list probes: {error}"
     return {probe_key(str(p.unique_id)): str(p.description) for p in found}
-
-
-def probe_key(unique_id: str) -> str:
-    """A probe's serial as pyOCD lists it: without a probe type (``cmsisdap:``, ``boardsim:``), any case."""
-    return unique_id.rsplit(":", 1)[-1].lower()
 
 
 def _open_uart(path: str, baud: int) -> None:

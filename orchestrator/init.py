@@ -23,9 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from nuwire.keys import public_key_from_raw
 from nuwire.pem import private_pem
-from orchestrator.config import ConfigError, load
+from orchestrator.config import ConfigError, load, probe_key
 from orchestrator.credentials import examine
-from orchestrator.doctor import probe_key
 
 BY_ID = Path("/dev/serial/by-id")
 """udev's stable names for serial ports: a station's UART should not move when another is plugged."""

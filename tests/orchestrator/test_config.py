@@ -64,6 +64,10 @@ def test_a_good_file_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
             ('    probe: "boardsim:B"', '    probe: "BOARDSIM:a"'),
             ":17: stations.1.probe: 'BOARDSIM:a' is already used by station 0",
         ),
+        (  # one probe under another probe type: the same serial
+            ('    probe: "boardsim:B"', '    probe: "cmsisdap:a"'),
+            ":17: stations.1.probe: 'cmsisdap:a' is already used by station 0",
+        ),
         (  # one UART by another path to the same device
             ("    uart: /dev/ttyACM1", "    uart: /dev/../dev/ttyACM0"),
             ":18: stations.1.uart: '/dev/../dev/ttyACM0' is already used by station 0",
