@@ -65,6 +65,14 @@ class Board:
         self.aprom = bytearray(b"\xff" * p.aprom.size)
         self.ldrom = bytearray(b"\xff" * p.ldrom.size)
         self.data_flash = bytearray(b"\xff" * p.data_flash.size)
+        self._flashes = tuple(
+            (region.base, region.end, store, region, name)
+            for region, store, name in (
+                (p.aprom, self.aprom, "aprom"),
+                (p.ldrom, self.ldrom, "ldrom"),
+                (p.data_flash, self.data_flash, "dataflash"),
+            )
+        )  # every bus access looks here first: plain integer compares
         self.sram = bytearray(p.sram.size)
         self.otp = bytearray(b"\xff" * (8 * p.otp.entries))
         self.otp_locks = bytearray(b"\xff" * (4 * p.otp.entries))
@@ -110,16 +118,13 @@ class Board:
     # -- memories ----------------------------------------------------------------------------
 
     def _flash(self, address: int) -> tuple[bytearray, int, Region] | None:
-        p = self.profile
-        for region, store in ((p.aprom, self.aprom), (p.ldrom, self.ldrom), (p.data_flash, self.data_flash)):
-            if region.contains(address, 4):
-                return store, address - region.base, region
+        for base, end, store, region, _ in self._flashes:
+            if base <= address and address + 4 <= end:
+                return store, address - base, region
         return None
 
     def _file_of(self, region: Region) -> str:
-        return {self.profile.aprom.name: "aprom", self.profile.ldrom.name: "ldrom"}.get(
-            region.name, "dataflash"
-        )
+        return next(name for _, _, _, known, name in self._flashes if known is region)
 
     def flash_read(self, address: int, length: int) -> bytes:
         found = self._flash(address)
@@ -204,8 +209,10 @@ class Board:
         if p.sram.contains(address, 4):
             offset = address - p.sram.base
             return int.from_bytes(self.sram[offset : offset + 4], "little")
-        if self._flash(address) is not None:
-            return int.from_bytes(self.flash_read(address, 4), "little")
+        found = self._flash(address)
+        if found is not None:
+            store, offset, _ = found
+            return int.from_bytes(store[offset : offset + 4], "little")
         if address == p.sys_base:
             return p.pdid
         if address == p.reglctl:

@@ -65,6 +65,12 @@ class BoardChip:
             return False
         return self.board.erase_page(address)
 
+    def blank(self, address: int, length: int) -> bool:
+        p = self.profile
+        if p.aprom.contains(address, length) or p.ldrom.contains(address, length):
+            return self.board.flash_read(address, length) == b"\xff" * length  # word by word, at once
+        return all(self.read_word(at) in (None, ERASED_WORD) for at in range(address, address + length, 4))
+
 
 @dataclass
 class IspKeys:
