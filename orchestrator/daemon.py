@@ -355,12 +355,14 @@ class Line:
 
     async def send_pending(self, settle_s: float = 60) -> int:
         """Send the results the cloud missed (it was away when the board finished); how many went.
-        Boards finished in the last ``settle_s`` are left to their station, which is sending them."""
+        Boards finished in the last ``settle_s`` are left to their station, which is sending them.
+        A result the cloud refuses for good is kept apart and does not hold up the ones after it."""
         sent = 0
         for board in self.journal.unreported(self.config.job_id, time.time() - settle_s):
-            if not await send_result(self.journal, self.cloud, board, log):
+            answer = await send_result(self.journal, self.cloud, board, log)
+            if answer == "kept":
                 break  # still away: try again next round
-            sent += 1
+            sent += answer == "sent"
         if sent:
             log.info("results.sent_late", boards=sent)
         return sent

@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS boards (
     uid TEXT PRIMARY KEY, obj_id TEXT, station TEXT, job_id TEXT,
     bootloader_key TEXT, application_key TEXT,
     outcome TEXT, failed_step INTEGER, reason TEXT,
-    started REAL, finished REAL, reported REAL
+    started REAL, finished REAL, reported REAL, report_refused TEXT
 );
 CREATE TABLE IF NOT EXISTS steps (
     id INTEGER PRIMARY KEY AUTOINCREMENT, uid TEXT NOT NULL, station TEXT, step INTEGER NOT NULL,
@@ -51,6 +51,7 @@ class Board:
     started: float | None = None
     finished: float | None = None
     reported: float | None = None  # when the cloud took the result (results wait here until then)
+    report_refused: str | None = None  # the cloud's answer when it refused the result for good
 
 
 class JournalBusy(OSError):
@@ -69,6 +70,8 @@ class Journal:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(boards)")}
         if "reported" not in columns:  # a journal written before results were kept for the cloud
             self._db.execute("ALTER TABLE boards ADD COLUMN reported REAL")
+        if "report_refused" not in columns:  # before refused results were kept apart
+            self._db.execute("ALTER TABLE boards ADD COLUMN report_refused TEXT")
         self._lock = threading.Lock()
         self._claim: int | None = None
         self.failure: str | None = None
@@ -208,12 +211,19 @@ class Journal:
     def mark_reported(self, uid: str) -> None:
         self._write("UPDATE boards SET reported = ? WHERE uid = ?", (time.time(), uid))
 
+    def refuse_report(self, uid: str, answer: str) -> None:
+        """The cloud refused this board's result for good (a closed job, a board not this line's):
+        kept with the cloud's answer, never sent again."""
+        self._write("UPDATE boards SET report_refused = ? WHERE uid = ?", (answer, uid))
+
     def unreported(self, job_id: str, before: float, limit: int = 50) -> list[Board]:
-        """Boards finished before ``before`` whose result the cloud has not taken (it was away)."""
+        """Boards finished before ``before`` whose result the cloud has not taken (it was away),
+        and has not refused."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT * FROM boards WHERE job_id = ? AND outcome IN ('PASS','FAIL','QUARANTINE') "
-                "AND obj_id IS NOT NULL AND reported IS NULL AND finished < ? ORDER BY finished LIMIT ?",
+                "AND obj_id IS NOT NULL AND reported IS NULL AND report_refused IS NULL AND finished < ? "
+                "ORDER BY finished LIMIT ?",
                 (job_id, before, limit),
             ).fetchall()
         return [Board(*row) for row in rows]

@@ -144,9 +144,11 @@ class StationStatus:
     counts: dict[str, int] = field(default_factory=lambda: {"PASS": 0, "FAIL": 0, "QUARANTINE": 0})
 
 
-async def send_result(journal: Journal, cloud: CloudPort, board: Board, log: Any) -> bool:
-    """Report a finished board to the cloud; the journal keeps it unreported until the cloud takes
-    it (the daemon sends what is left later: Line.send_pending). The cloud takes a repeat once."""
+async def send_result(journal: Journal, cloud: CloudPort, board: Board, log: Any) -> str:
+    """Report a finished board to the cloud: ``sent``; ``kept``, unreported in the journal, when
+    the cloud did not take it (the daemon sends what is left later: Line.send_pending; the cloud
+    takes a repeat once); ``refused`` when the cloud refused it for good (a closed job, a board
+    the line did not register): the journal keeps the refusal and it is not sent again."""
     try:
         await cloud.report(
             board.job_id or "",
@@ -157,14 +159,26 @@ async def send_result(journal: Journal, cloud: CloudPort, board: Board, log: Any
             reason=board.reason or "",
         )
     except CloudFailure as error:
-        log.warning("board.report_failed", uid=board.uid, error=str(error), kept="in the journal, sent later")
-        return False
+        if error.retryable:
+            log.warning(
+                "board.report_failed", uid=board.uid, error=str(error), kept="in the journal, sent later"
+            )
+            return "kept"
+        log.error(
+            "board.report_refused", uid=board.uid, error=str(error), kept="in the journal, not sent again"
+        )
+        try:
+            journal.refuse_report(board.uid, str(error))
+        except JournalFailure as failure:
+            log.warning("board.report_unrecorded", uid=board.uid, error=str(failure))
+            return "kept"
+        return "refused"
     try:
         journal.mark_reported(board.uid)
     except JournalFailure as failure:  # the cloud has it; it takes the repeat that follows once
         log.warning("board.report_unrecorded", uid=board.uid, error=str(failure))
-        return False
-    return True
+        return "kept"
+    return "sent"
 
 
 class StationRunner:

@@ -568,6 +568,42 @@ def test_a_result_the_cloud_missed_is_kept_and_sent_later(tmp_path: Path) -> Non
     anyio.run(_line, tmp_path, scenario)
 
 
+def test_a_result_the_cloud_refuses_is_kept_apart_and_holds_up_nothing(tmp_path: Path) -> None:
+    """A result the cloud refuses for good (here: a board it never registered) is kept in the
+    journal with the refusal and not sent again; the results after it still go."""
+
+    async def scenario(
+        runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
+    ) -> None:
+        runner.probe = FakeProbe(fixture)
+        await runner.provision(old.uid_text, "debug")
+        board = journal.board(old.uid_text)
+        assert board is not None
+        assert board.reported is not None
+        journal.save(dataclasses.replace(board, reported=None))  # as a crash before the report leaves it
+        stranger = dataclasses.replace(  # finished first: first in the backlog
+            board,
+            uid="53494D01FFFFFFFF00000000",
+            obj_id="00" * 16,
+            finished=(board.finished or 0) - 60,
+            reported=None,
+        )
+        journal.save(stranger)
+        line = Line(runner.line, journal)
+        try:
+            assert await line.send_pending(settle_s=0) == 1  # the real one went
+            assert await line.send_pending(settle_s=0) == 0  # nothing is sent twice
+        finally:
+            await line.cloud.aclose()
+        refused = journal.board(stranger.uid)
+        assert refused is not None
+        assert refused.reported is None
+        assert refused.report_refused  # the cloud's answer, kept
+        assert journal.board(old.uid_text).reported is not None  # type: ignore[union-attr]
+
+    anyio.run(_line, tmp_path, scenario)
+
+
 def _fill(journal: Journal) -> None:
     """The journal's disk is full: SQLite may grow the file by no page (``max_page_count``: the
     SQLITE_FULL a full disk gives), and the pages it has are filled with rows."""
