@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from cloudserver.pki import init_pki
 from orchestrator.metrics import Metrics
 from tests.conftest import system_tool
 
@@ -58,13 +59,22 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
         assert setting in daemon
 
 
-def test_prometheus_config_rules_and_rule_tests() -> None:
+def test_prometheus_config_rules_and_rule_tests(tmp_path: Path) -> None:
+    """promtool checks the configuration in full: the cloud job's TLS files (the paths a plant
+    installs them at) are pointed at a monitor certificate, its key and the CA made here."""
     promtool = system_tool("promtool", "prometheus")
-    folder = DEPLOY / "prometheus"
+    folder = tmp_path / "prometheus"
+    shutil.copytree(DEPLOY / "prometheus", folder)
+    init_pki(tmp_path / "pki", 1)
+    config = (folder / "prometheus.yml").read_text()
+    assert config.count("/etc/nuprov/prometheus/") == 3
+    (folder / "prometheus.yml").write_text(config.replace("/etc/nuprov/prometheus/", f"{tmp_path / 'pki'}/"))
     for command in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"],
                     ["test", "rules", "alerts_test.yml"]):  # fmt: skip
         result = subprocess.run([promtool, *command], cwd=folder, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
+    jobs = {job["job_name"]: job for job in yaml.safe_load(config)["scrape_configs"]}
+    assert jobs["nuprov-cloud"]["scheme"] == "https"
 
 
 def test_rules_and_dashboard_use_only_exported_metrics() -> None:
