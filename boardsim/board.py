@@ -133,6 +133,25 @@ class Board:
         store, offset, _ = found
         return bytes(store[offset : offset + length])
 
+    def read_block(self, address: int, length: int) -> bytes | None:
+        """``length`` bytes of SRAM or of one flash memory from a word address, as word reads
+        would give them; None when the range leaves that memory (the bus faults somewhere)."""
+        p = self.profile
+        if address % 4 == 0 and p.sram.contains(address, length):
+            return bytes(self.sram[address - p.sram.base : address - p.sram.base + length])
+        found = self._flash(address) if address % 4 == 0 else None
+        if found is None or found[1] + length > len(found[0]):
+            return None
+        return bytes(found[0][found[1] : found[1] + length])
+
+    def write_sram(self, address: int, data: bytes) -> bool:
+        """Word writes to SRAM from a word address, at once; False when they would leave it."""
+        p = self.profile
+        if address % 4 or len(data) % 4 or not p.sram.contains(address, len(data)):
+            return False
+        self.sram[address - p.sram.base : address - p.sram.base + len(data)] = data
+        return True
+
     def program_flash_word(self, address: int, value: int) -> bool:
         found = self._flash(address)
         if found is None or address % 4:
