@@ -283,21 +283,70 @@ def _one_bar(send: Callable[[float], None]) -> Callable[[float], None]:
     return report
 
 
-def _pulse_reset(unique_id: str, options: dict[str, Any]) -> None:  # pragma: no cover - in the worker
-    """Pulse nRESET through the probe alone: no debug connection, so a locked target is fine."""
-    from pyocd.core.helpers import ConnectHelper  # noqa: PLC0415
+class _ProbeAlone:  # pragma: no cover - in the worker
+    """The probe with no session on its target: nRESET, and whether the target's debug port
+    answers at all, both fine on a locked target. One pyOCD session object for the probe alone is
+    kept (building one builds pyOCD's whole target model); dropped after any failure, so a probe
+    unplugged and plugged again is found afresh."""
 
-    session = ConnectHelper.session_with_chosen_probe(unique_id=unique_id, blocking=False, options=options)
-    if session is None:
-        raise ProbeFailure("probe", f"no probe {unique_id}")
-    probe = session.probe
-    probe.open()  # the probe only: session.open() would connect to the (locked) target
-    try:
-        probe.assert_reset(True)
-        time.sleep(0.02)
-        probe.assert_reset(False)
-    finally:
-        probe.close()
+    OPERATIONS = ("hardware_reset", "debug_port_silent")
+
+    def __init__(self, unique_id: str, options: dict[str, Any]) -> None:
+        self.unique_id, self.options = unique_id, options
+        self._session: Any = None
+
+    def _run(self, action: Callable[[Any], T]) -> T:
+        from pyocd.core.helpers import ConnectHelper  # noqa: PLC0415
+
+        if self._session is None:
+            self._session = ConnectHelper.session_with_chosen_probe(
+                unique_id=self.unique_id, blocking=False, options=self.options, auto_open=False
+            )
+            if self._session is None:
+                raise ProbeFailure("probe", f"no probe {self.unique_id}")
+        probe = self._session.probe
+        try:
+            probe.open()  # the probe only: session.open() would connect to the (locked) target
+            try:
+                return action(probe)
+            finally:
+                probe.close()
+        except BaseException:
+            self._session = None
+            raise
+
+    def hardware_reset(self) -> None:
+        """Pulse nRESET."""
+
+        def pulse(probe: Any) -> None:
+            probe.assert_reset(True)
+            time.sleep(0.02)
+            probe.assert_reset(False)
+
+        self._run(pulse)
+
+    def debug_port_silent(self) -> bool:
+        """True when the debug port gives no ACK to the SWD connect and DPIDR read a session's
+        open starts with (a locked part, or no board); False when it answers."""
+        from pyocd.core import exceptions  # noqa: PLC0415
+        from pyocd.coresight.dap import DPConnector  # noqa: PLC0415
+        from pyocd.probe.debug_probe import DebugProbe  # noqa: PLC0415
+
+        def ask(probe: Any) -> bool:
+            probe.connect(DebugProbe.Protocol.SWD)
+            try:
+                probe.set_clock(self.options["frequency"])
+                DPConnector(probe).connect()
+            except exceptions.TransferError as error:
+                if "No ACK" in str(error) or isinstance(error, exceptions.TransferTimeoutError):
+                    return True
+                raise
+            finally:
+                with contextlib.suppress(Exception):
+                    probe.disconnect()
+            return False
+
+        return self._run(ask)
 
 
 class _NoSvd:  # pragma: no cover - in the worker
@@ -379,7 +428,10 @@ def serve(  # the worker's one dispatch loop, kept in one place
 
     logging.getLogger("pyocd").setLevel(logging.CRITICAL)  # failures come back on the pipe, not the console
     target_profile = profile(profile_name)
-    workdir = tempfile.mkdtemp(prefix="probe-")
+    options = {"project_dir": tempfile.mkdtemp(prefix="probe-"), "no_config": True, "frequency": frequency,
+               "hide_programming_progress": True,
+               "reset.post_delay": target_profile.reset_post_delay_s}  # fmt: skip
+    alone = _ProbeAlone(unique_id, options)
     session: Any = None
 
     def close() -> None:
@@ -400,13 +452,9 @@ def serve(  # the worker's one dispatch loop, kept in one place
                 close()
                 connection.send(("ok", None))
                 continue
-            options = {"project_dir": workdir, "no_config": True, "frequency": frequency,
-                       "hide_programming_progress": True,
-                       "reset.post_delay": target_profile.reset_post_delay_s}  # fmt: skip
-            if operation == "hardware_reset":  # nRESET works when the debug port is locked
+            if operation in _ProbeAlone.OPERATIONS:  # no session on the target: fine when it is locked
                 close()
-                _pulse_reset(unique_id, options)
-                connection.send(("ok", None))
+                connection.send(("ok", getattr(alone, operation)()))
                 continue
             if session is None:
                 session = _open_session(unique_id, target_profile.pyocd_target, options)
@@ -443,6 +491,10 @@ class ProbePort(Protocol):
     async def reset(self) -> None: ...
     async def hardware_reset(self) -> None:
         """nRESET through the probe alone: answered also when the debug port is locked."""
+
+    async def debug_port_silent(self) -> bool:
+        """Whether the target's debug port gives no answer at all (a locked part, or no board):
+        the probe alone, no session on the target."""
 
     async def aclose(self) -> None: ...
 
@@ -485,6 +537,9 @@ class ProbeOperations:
 
     async def hardware_reset(self) -> None:
         await self._run("hardware_reset")
+
+    async def debug_port_silent(self) -> bool:
+        return bool(await self._run("debug_port_silent"))
 
 
 class ProbeWorker(ProbeOperations):

@@ -447,10 +447,10 @@ class StationRunner:
         SecureISP that ended on a late or damaged exchange answers nothing until the chip resets."""
         for _ in range(LOCK_READS):
             try:
-                await self.probe.uid()
-            except ProbeFailure as failure:
-                if failure.kind == "not_detected":
+                if await self.probe.debug_port_silent():
                     continue
+            except ProbeFailure:
+                pass
             return None  # it answered, or failed another way: not evidence of a lock
         for attempt in range(LOCK_READS):  # a board just out of reset, a busy line: ask again
             if attempt and reset:

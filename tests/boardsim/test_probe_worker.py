@@ -1,6 +1,6 @@
 """The daemon's probe worker (orchestrator/probe_worker.py) against a simulated probe: pyOCD in its
 own process, flash progress reported back while it runs, and nRESET pulsed through the probe alone,
-which still works once the debug port is locked."""
+which still works once the debug port is locked, and the debug port's silence seen the same way."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def test_flash_reports_progress_and_nreset_works_on_a_locked_board(rig: Rig) -> 
         seen: list[float] = []
         worker = ProbeWorker(rig.unique_id, "M2354", limit_s=60, on_progress=seen.append)
         try:
+            assert await worker.debug_port_silent() is False  # an unlocked board answers
             assert await worker.uid() == list(UID)
             image = os.urandom(20 * 1024)
             await worker.flash(0x20000, image)
@@ -34,6 +35,8 @@ def test_flash_reports_progress_and_nreset_works_on_a_locked_board(rig: Rig) -> 
             with pytest.raises(ProbeFailure, match=r"not detected|No ACK") as failure:
                 await worker.uid()
             assert failure.value.kind == "not_detected"
+            assert await worker.debug_port_silent() is True  # the same, from the probe alone
+            assert await worker.debug_port_silent() is True  # and again (one probe session kept)
             resets = rig.board.resets
             await worker.hardware_reset()
             assert rig.board.resets == resets + 1

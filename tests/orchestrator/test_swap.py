@@ -102,6 +102,8 @@ class FakeProbe(ProbeOperations):
         if operation == "hardware_reset":  # nRESET: a pin of its own, answered also when locked
             board.reset("nRESET")
             return None
+        if operation == "debug_port_silent":
+            return board.debug_locked
         if board.debug_locked:
             raise ProbeFailure("not_detected", "Target not detected")
         try:
