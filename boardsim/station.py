@@ -61,7 +61,8 @@ class DaemonResults:
         self.connected = False
 
     async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=None)) as client:
+        # the daemon sends a comment every 15 s: a minute of silence is a stream gone dead
+        async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=60.0)) as client:
             while True:
                 with contextlib.suppress(OSError, ValueError, KeyError, httpx.HTTPError):
                     url = json.loads(await anyio.Path(self.address).read_text())["url"]
