@@ -533,6 +533,20 @@ def test_a_cloud_outage_is_retried_by_one_layer_and_shows_on_the_tile(tmp_path: 
     anyio.run(_line, tmp_path, scenario)
 
 
+async def _passed_unreported(runner: StationRunner, fixture: Fixture, old: Board, journal: Journal) -> Any:
+    """``old`` provisioned to PASS and reported, then marked unreported in the journal, as a
+    crash between the board's end and its report leaves it; its journal row."""
+    runner.probe = FakeProbe(fixture)
+    await runner.provision(old.uid_text, "debug")
+    board = journal.board(old.uid_text)
+    assert board is not None
+    assert board.outcome == "PASS"
+    assert board.reported is not None  # the station's own report went through
+    board = dataclasses.replace(board, reported=None)
+    journal.save(board)
+    return board
+
+
 def test_a_result_the_cloud_missed_is_kept_and_sent_later(tmp_path: Path) -> None:
     """Results are kept in the journal first: one the cloud did not take (it was down, or the daemon
     died between the board finishing and the report) goes when the cloud answers again, once."""
@@ -540,13 +554,7 @@ def test_a_result_the_cloud_missed_is_kept_and_sent_later(tmp_path: Path) -> Non
     async def scenario(
         runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
     ) -> None:
-        runner.probe = FakeProbe(fixture)
-        await runner.provision(old.uid_text, "debug")
-        board = journal.board(old.uid_text)
-        assert board is not None
-        assert board.outcome == "PASS"
-        assert board.reported is not None  # the station's own report went through
-        journal.save(dataclasses.replace(board, reported=None))  # as a crash before the report leaves it
+        await _passed_unreported(runner, fixture, old, journal)
         pki = Path(str(runner.line.cloud.ca)).parent
         async with CloudClient(
             runner.line.cloud.url, client_context(pki / "admin.crt", pki / "admin.key", pki / "ca.crt")
@@ -577,12 +585,7 @@ def test_a_result_the_cloud_refuses_is_kept_apart_and_holds_up_nothing(tmp_path:
     async def scenario(
         runner: StationRunner, fixture: Fixture, old: Board, new: Board, journal: Journal
     ) -> None:
-        runner.probe = FakeProbe(fixture)
-        await runner.provision(old.uid_text, "debug")
-        board = journal.board(old.uid_text)
-        assert board is not None
-        assert board.reported is not None
-        journal.save(dataclasses.replace(board, reported=None))  # as a crash before the report leaves it
+        board = await _passed_unreported(runner, fixture, old, journal)
         stranger = dataclasses.replace(  # finished first: first in the backlog
             board,
             uid="53494D01FFFFFFFF00000000",
