@@ -72,11 +72,8 @@ class BoardTarget:
             raise ProbeFailure("not_detected", "Target not detected")
         return self.fixture.board
 
-    def read32(self, address: int, now: bool = True) -> Any:
-        """pyOCD's read32: the value, or (now=False) a deferred read's result, carried out here
-        in order with the writes before it as pyOCD's queue would."""
-        value = self._board().read32(address)
-        return value if now else lambda: value
+    def read32(self, address: int) -> int:
+        return self._board().read32(address)
 
     def write32(self, address: int, value: int) -> None:
         self._board().write32(address, value)
