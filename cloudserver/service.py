@@ -29,10 +29,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from types import SimpleNamespace
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import anyio
-from sqlalchemy import Connection, String, Table, bindparam, insert, select, text, update
+from sqlalchemy import Connection, String, Table, bindparam, exists, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -74,10 +74,11 @@ JOBS, DEVICES, KEYS, IMAGES, SLOTS, AUDIT, REVOKED, RESULTS = (
 """The ORM classes' Core tables: the request paths use Core (a few statements each), built once
 with bound parameters (SQLAlchemy then skips building and keying a statement per request)."""
 UID, PURPOSE, JOB = (bindparam(name, type_=String()) for name in ("uid", "purpose", "job_id"))
+SERIAL = bindparam("serial", type_=String())
 LAST_HASH = select(AUDIT.c.hash).order_by(AUDIT.c.id.desc()).limit(1)
-REVOKED_SERIAL = select(REVOKED.c.serial).where(REVOKED.c.serial == bindparam("serial"))
+AUDIT_INSERT = insert(AUDIT)
+REVOKED_SERIAL = select(REVOKED.c.serial).where(REVOKED.c.serial == SERIAL)
 DEVICE = select(DEVICES).where(DEVICES.c.uid == UID)
-FULL = select(JOBS.c.used >= JOBS.c.quantity).where(JOBS.c.id == JOB)
 COUNT = (
     update(JOBS)
     .where(JOBS.c.id == JOB, JOBS.c.used < JOBS.c.quantity, JOBS.c.state == "open")
@@ -95,8 +96,9 @@ FIRMWARE = {
 
 def _look_statement(image: bool) -> Any:
     """What :meth:`Service._look` reads, in one statement."""
-    columns = [JOBS.c.state, JOBS.c.lines, DEVICES.c.obj_id, DEVICES.c.line, KEYS.c.handle, KEYS.c.public_key,
-               SLOTS.c.uid.label("counted")]  # fmt: skip
+    columns = [JOBS.c.state, JOBS.c.lines, (JOBS.c.used >= JOBS.c.quantity).label("full"), DEVICES.c.obj_id,
+               DEVICES.c.line, KEYS.c.handle, KEYS.c.public_key, SLOTS.c.uid.label("counted"),
+               exists(REVOKED_SERIAL).label("revoked")]  # fmt: skip
     if image:
         columns += [IMAGES.c.image, IMAGES.c.sha256]
     statement = (
@@ -146,6 +148,17 @@ class _Ask:
     purpose: str
     carries: tuple[int, ...] | None = None
     """The OTP words the board holds for the purpose's key, as the station read them."""
+    serial: str = ""
+    """The serial of the caller's certificate: refused if revoked, in the request's own read."""
+
+
+def _revoked(subject: str, serial: str) -> Refused:
+    return Refused(403, "revoked", f"certificate {subject} (serial {serial}) is revoked")
+
+
+def _check_revoked(conn: Connection, subject: str, serial: str) -> None:
+    if serial and conn.scalar(REVOKED_SERIAL, {"serial": serial}) is not None:
+        raise _revoked(subject, serial)
 
 
 def _other_line(uid: str, line: str) -> Refused:
@@ -154,6 +167,14 @@ def _other_line(uid: str, line: str) -> Refused:
 
 def _words(carries: Sequence[int] | None) -> tuple[int, ...] | None:
     return None if carries is None else tuple(carries)
+
+
+class _Signed(NamedTuple):
+    """An image signed by this request: for which public key, and the firmware's version."""
+
+    public_key: bytes
+    image: bytes
+    version: str
 
 
 class _LostRace(Exception):
@@ -253,8 +274,12 @@ class Service:
         assert self._sqlite is not None  # noqa: S101  # (SQLite only)
         try:
             with self._sqlite.begin() as conn:
+                audit: list[dict[str, Any]] = []
                 for queued in batch:
-                    queued.result = self._body(conn, queued.work, True)
+                    tx = _Tx(conn)
+                    queued.result = queued.work(tx)
+                    audit += tx.audit
+                self._chain(conn, audit)  # one read of the chain's end and one insert a batch
         except Exception as error:
             if len(batch) == 1:
                 batch[0].error = error
@@ -268,14 +293,20 @@ class Service:
     def _body(self, conn: Connection, work: Callable[[_Tx], T], write: bool) -> T:
         tx = _Tx(conn)
         result = work(tx)
-        if write and tx.audit:
-            if self._postgres:  # held to the commit: one chain, no fork, across replicas
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK})
-            last = conn.scalar(LAST_HASH)
-            for row in tx.audit:
-                row["hash"] = last = chain(last or "", SimpleNamespace(**row))
-            conn.execute(insert(AUDIT), tx.audit)  # ids in list order: the chain's
+        if write:
+            self._chain(conn, tx.audit)
         return result
+
+    def _chain(self, conn: Connection, audit: list[dict[str, Any]]) -> None:
+        """The transaction's audit rows, each with the hash of the one before, as its last writes."""
+        if not audit:
+            return
+        if self._postgres:  # held to the commit: one chain, no fork, across replicas
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK})
+        last = conn.scalar(LAST_HASH)
+        for row in audit:
+            row["hash"] = last = chain(last or "", SimpleNamespace(**row))
+        conn.execute(AUDIT_INSERT, audit)  # ids in list order: the chain's
 
     async def _write(self, work: Callable[[_Tx], T]) -> T:
         """``work`` as a write transaction, run again when the database aborted it for a race
@@ -352,11 +383,12 @@ class Service:
 
     # -- certificates ----------------------------------------------------------------------------
 
-    async def is_revoked(self, serial: str) -> bool:
-        """Read on every request (an indexed lookup), so a revocation holds at once on every replica."""
-        return await self._run(
-            lambda tx: tx.conn.scalar(REVOKED_SERIAL, {"serial": serial}) is not None, write=False
-        )
+    async def check_revoked(self, subject: str, serial: str) -> None:
+        """Refused if the certificate ``serial`` is revoked. Read on every request (an indexed
+        lookup), so a revocation holds at once on every replica: here, or within the request's
+        own first statement for the calls that take ``serial`` (registration, keys, images,
+        results)."""
+        await self._run(lambda tx: _check_revoked(tx.conn, subject, serial), write=False)
 
     async def revoke(self, subject: str, serial: str, revoked_subject: str = "", reason: str = "") -> bool:
         """Revoke the certificate ``serial`` (by ``subject``, the person or tool); False when it
@@ -379,10 +411,11 @@ class Service:
 
     # -- devices ---------------------------------------------------------------------------------
 
-    async def register(self, subject: str, uid: str, line: str = "") -> dict[str, Any]:
+    async def register(self, subject: str, uid: str, line: str = "", *, serial: str = "") -> dict[str, Any]:
         """The board's OBJ_ID, made at its first registration; the board belongs to ``line``."""
 
         def work(tx: _Tx) -> Any:
+            _check_revoked(tx.conn, subject, serial)
             fresh = self._inserted(
                 tx, DEVICES, uid=uid, obj_id=secrets.token_hex(16), created=now(), line=line
             )
@@ -528,12 +561,16 @@ class Service:
     def _look(conn: Connection, ask: _Ask, *, image: bool) -> Any:
         """One read of all a request needs: the job, the board, its key and (``image``) its signed
         image for the purpose, and whether it is counted under the job. Refused when the job is
-        unknown, closed or not the line's, or the board unknown, of another OBJ_ID or line."""
-        parameters = {"uid": ask.uid, "purpose": ask.purpose, "job_id": ask.job_id}
+        unknown, closed or not the line's, or the board unknown, of another OBJ_ID or line; first
+        of all when the caller's certificate is revoked."""
+        parameters = {"uid": ask.uid, "purpose": ask.purpose, "job_id": ask.job_id, "serial": ask.serial}
         found = conn.execute(LOOK[image], parameters).first()
         job_id, uid, line = ask.job_id, ask.uid, ask.line
         if found is None:
+            _check_revoked(conn, ask.subject, ask.serial)
             raise Refused(404, "unknown job", f"job {job_id} does not exist", "job_id")
+        if found.revoked:
+            raise _revoked(ask.subject, ask.serial)
         if found.state != "open":
             raise Refused(409, "job closed", f"job {job_id} is closed", "job_id")
         if found.lines and line not in found.lines.split(","):
@@ -593,7 +630,7 @@ class Service:
         or None); past the quota a new board is refused here, before any work."""
         found = self._look(tx.conn, ask, image=with_image)
         self._check_carried(ask, found.public_key)
-        if found.counted is None and tx.conn.scalar(FULL, {"job_id": ask.job_id}):
+        if found.counted is None and found.full:
             raise self._exhausted(ask.job_id, ask.uid)
         firmware = (
             self._firmware(tx.conn, ask.job_id, ask.purpose) if with_image and found.image is None else None
@@ -605,7 +642,7 @@ class Service:
         under the job (made once per job). What is missing is made first, outside any
         transaction; the write then keeps what another request stored first, if any."""
         made: NewKey | None = None
-        signed: tuple[bytes, bytes] | None = None  # (public key it was signed for, image)
+        signed: _Signed | None = None
         for _ in range(4):
             found, firmware = await self._run(partial(self._read, ask, with_image), write=False)
             if found.public_key is None:
@@ -614,11 +651,9 @@ class Service:
                 handle, public = made.handle, made.public_key
             else:
                 handle, public = found.handle, found.public_key
-            if firmware is not None and (signed is None or signed[0] != public):
-                signed = (
-                    public,
-                    await anyio.to_thread.run_sync(self._sign, firmware, ask.purpose, handle, public),
-                )
+            if firmware is not None and (signed is None or signed.public_key != public):
+                image = await anyio.to_thread.run_sync(self._sign, firmware, ask.purpose, handle, public)
+                signed = _Signed(public, image, firmware.version)
             if found.counted is not None and found.public_key is not None and (not with_image or found.image):
                 return await self._write(partial(self._fetched, ask, found, with_image))
             try:
@@ -671,7 +706,7 @@ class Service:
         return answer
 
     def _keep(
-        self, ask: _Ask, made: NewKey | None, signed: tuple[bytes, bytes] | None, with_image: bool, tx: _Tx
+        self, ask: _Ask, made: NewKey | None, signed: _Signed | None, with_image: bool, tx: _Tx
     ) -> dict[str, Any]:
         """The write of :meth:`_serve`: the key and the image unless stored first by another
         request, the quota slot (:meth:`_count`: last, so the job's row is locked only for the
@@ -691,13 +726,12 @@ class Service:
             return answer
         image, digest = found.image, found.sha256
         if image is None:
-            if signed is None or signed[0] != found.public_key:
+            if signed is None or signed.public_key != found.public_key:
                 raise _LostRace  # signed for a key another request stored first
-            image, digest = signed[1], hashlib.sha256(signed[1]).hexdigest()
+            image, digest = signed.image, hashlib.sha256(signed.image).hexdigest()
             values = {"image": image, "sha256": digest, "created": now()}
             if self._inserted(tx, IMAGES, uid=uid, purpose=purpose, job_id=job_id, **values):
-                version = self._firmware(tx.conn, job_id, purpose).version
-                detail = f"{purpose} {version} sha256 {digest}"
+                detail = f"{purpose} {signed.version} sha256 {digest}"
                 self._audit(tx, ask.subject, "sign", uid=uid, job_id=job_id, detail=detail)
             else:  # another request's, stored while this one signed
                 found = self._look(tx.conn, ask, image=True)
@@ -709,19 +743,25 @@ class Service:
         )
         return answer
 
-    async def bootloader(self, subject: str, job_id: str, uid: str, obj_id: str, *, line: str = "",
-                         carries: Sequence[int] | None = None) -> dict[str, Any]:  # fmt: skip
-        ask = _Ask(subject, line, job_id, uid, obj_id, "bootloader", _words(carries))
+    async def bootloader(
+        self, subject: str, job_id: str, uid: str, obj_id: str, *, line: str = "",
+        carries: Sequence[int] | None = None, serial: str = "",
+    ) -> dict[str, Any]:  # fmt: skip
+        ask = _Ask(subject, line, job_id, uid, obj_id, "bootloader", _words(carries), serial)
         return await self._serve(ask, with_image=True)
 
-    async def application_key(self, subject: str, job_id: str, uid: str, obj_id: str, *, line: str = "",
-                              carries: Sequence[int] | None = None) -> dict[str, Any]:  # fmt: skip
-        ask = _Ask(subject, line, job_id, uid, obj_id, "application", _words(carries))
+    async def application_key(
+        self, subject: str, job_id: str, uid: str, obj_id: str, *, line: str = "",
+        carries: Sequence[int] | None = None, serial: str = "",
+    ) -> dict[str, Any]:  # fmt: skip
+        ask = _Ask(subject, line, job_id, uid, obj_id, "application", _words(carries), serial)
         return await self._serve(ask, with_image=False)
 
-    async def application(self, subject: str, job_id: str, uid: str, obj_id: str, *, line: str = "",
-                          carries: Sequence[int] | None = None) -> dict[str, Any]:  # fmt: skip
-        ask = _Ask(subject, line, job_id, uid, obj_id, "application", _words(carries))
+    async def application(
+        self, subject: str, job_id: str, uid: str, obj_id: str, *, line: str = "",
+        carries: Sequence[int] | None = None, serial: str = "",
+    ) -> dict[str, Any]:  # fmt: skip
+        ask = _Ask(subject, line, job_id, uid, obj_id, "application", _words(carries), serial)
         return await self._serve(ask, with_image=True)
 
     async def result(
@@ -735,10 +775,11 @@ class Service:
         step: int,
         reason: str,
         line: str = "",
+        serial: str = "",
     ) -> dict[str, Any]:
         """A board's outcome, from the line that provisioned it, on an open job (a PASS only for
         a board counted under the job); a repeat is taken once."""
-        ask = _Ask(subject, line, job_id, uid, obj_id, "")
+        ask = _Ask(subject, line, job_id, uid, obj_id, "", serial=serial)
 
         def work(tx: _Tx) -> None:
             found = self._look(tx.conn, ask, image=False)

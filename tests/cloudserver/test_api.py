@@ -370,16 +370,36 @@ def test_a_revoked_certificate_is_refused_on_its_next_request(cloud: Cloud) -> N
         async with cloud.client(who, attempts=1) as station:
             await station.register(uid(9))
 
+    job_id = anyio.run(new_job, cloud)
     anyio.run(register, "station-02")  # served before
     done = revoke(printed.strip())  # "serial=..." as openssl prints it
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("revoked: serial")
     assert revoke(str(pki / "station-02.crt")).stdout.startswith("already revoked")
-    with pytest.raises(CloudRefused) as refused:
-        anyio.run(register, "station-02")
-    assert refused.value.status == 403
-    assert "revoked" in str(refused.value)
-    anyio.run(register, "station-01")  # the others go on
+
+    async def every_call(obj_id: str) -> list[int]:  # each route's own way of checking
+        refusals = []
+        async with cloud.client("station-02", attempts=1) as revoked:
+            for call in (
+                lambda: revoked.register(uid(9)),
+                lambda: revoked.bootloader(job_id, uid(9), obj_id),
+                lambda: revoked.application_key(job_id, uid(9), obj_id),
+                lambda: revoked.application(job_id, uid(9), obj_id),
+                lambda: revoked.bootloader("job-000000000000", uid(9), obj_id),  # no such job
+                lambda: revoked.report(job_id, uid(9), obj_id, outcome="FAIL", step=2),
+                revoked.jobs,
+            ):
+                with pytest.raises(CloudRefused) as refused:
+                    await call()
+                assert "revoked" in str(refused.value)
+                refusals.append(refused.value.status)
+        return refusals
+
+    async def obj_id() -> str:
+        async with cloud.client("station-01") as station:
+            return await station.register(uid(9))  # the others go on
+
+    assert anyio.run(every_call, anyio.run(obj_id)) == [403] * 7
     assert revoke("not-hex").returncode == 2
     audit = subprocess.run(
         [venv_tool("cloudserver"), "audit", "--data", str(cloud.data), "--json"],
@@ -387,7 +407,7 @@ def test_a_revoked_certificate_is_refused_on_its_next_request(cloud: Cloud) -> N
     ).stdout  # fmt: skip
     actions = [json.loads(line)["action"] for line in audit.splitlines()]
     assert actions.count("cert_revoke") == 1
-    assert actions[-2:] == ["refuse", "register"]
+    assert actions[-7:] == ["refuse"] * 7
 
 
 def test_client_retries_then_reports_unavailable(tmp_path: Path) -> None:
