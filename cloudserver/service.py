@@ -38,6 +38,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from cloudserver.batches import BatchThread, Queued
 from cloudserver.db import (
     AuditRow,
     Device,
@@ -126,16 +127,6 @@ class _Tx:
     audit: list[dict[str, Any]] = field(default_factory=list)
 
 
-@dataclass
-class _Queued:
-    """A write waiting for SQLite's next group commit, and what came of it."""
-
-    work: Callable[[_Tx], Any]
-    result: Any = None
-    error: Exception | None = None
-    done: bool = False
-
-
 @dataclass(frozen=True, slots=True)
 class _Ask:
     """A station's request about one board: who asks, for which line, job, board and purpose."""
@@ -219,12 +210,12 @@ class Service:
             for table in (DEVICES, SLOTS, KEYS, IMAGES, RESULTS, REVOKED)
         }
         self._sqlite = None if self._postgres else sqlite_engine(engine)
-        """SQLite's request paths: the stdlib driver in a worker thread, one hand-off per
-        transaction (aiosqlite hands every statement to its thread: 25 times the cost)."""
-        self._readers = anyio.CapacityLimiter(4)
-        self._batch: list[_Queued] = []
-        self._batch_lock = anyio.Lock()
-        """SQLite: one batch of writes committed at a time (it has one writer anyway)."""
+        """SQLite's request paths: the stdlib driver in two threads of its own, one reading and
+        one writing, each taking in one hand-off all the work that queued while it ran the last
+        (aiosqlite hands every statement to its thread: 25 times the cost of one per request)."""
+        if self._sqlite is not None:
+            self._reader = BatchThread("sqlite-reads", self._read_batch)
+            self._writer = BatchThread("sqlite-writes", self._commit_batch)
         self.unavailable_until = 0.0
         """Until this time.monotonic(), provisioning answers 503 (planned maintenance)."""
 
@@ -233,6 +224,8 @@ class Service:
 
     async def close(self) -> None:
         if self._sqlite is not None:
+            self._reader.close()
+            self._writer.close()
             self._sqlite.dispose()
         await self.engine.dispose()
 
@@ -243,34 +236,25 @@ class Service:
         SQLite's in a worker thread, PostgreSQL's through SQLAlchemy's ``run_sync`` (asyncpg
         underneath). A write's audit rows are chained in at its end."""
         if self._sqlite is not None:
-            if write:
-                return await self._grouped(work)
-            return await anyio.to_thread.run_sync(self._read_in_thread, work, limiter=self._readers)
+            return await (self._writer if write else self._reader).submit(work)  # type: ignore[no-any-return]
         async with self.engine.begin() if write else self.engine.connect() as conn:
             return await conn.run_sync(self._body, work, write)
 
-    def _read_in_thread(self, work: Callable[[_Tx], T]) -> T:
+    def _read_batch(self, batch: list[Queued]) -> None:
+        """SQLite's reads, one after another on one connection, each with its own result or error."""
         assert self._sqlite is not None  # noqa: S101  # (SQLite only)
         with self._sqlite.connect() as conn:
-            return self._body(conn, work, False)
+            for queued in batch:
+                try:
+                    queued.result = self._body(conn, queued.work, False)
+                except Exception as error:  # the caller's, raised there
+                    queued.error = error
 
-    async def _grouped(self, work: Callable[[_Tx], T]) -> T:
-        """SQLite's group commit: a write joins the batch; whoever holds the writer next runs the
-        whole batch in one transaction and commits once: one flush to disk for every write that
-        arrived while the last batch was being committed, not one each. When one of them fails,
-        the batch is rolled back and each runs again alone, so a failure undoes only itself. The
-        caller gets its own result or error."""
-        mine = _Queued(work)
-        self._batch.append(mine)
-        async with self._batch_lock:
-            if not mine.done:
-                batch, self._batch = self._batch, []
-                await anyio.to_thread.run_sync(self._commit_batch, batch)
-        if mine.error is not None:
-            raise mine.error
-        return mine.result  # type: ignore[no-any-return]
-
-    def _commit_batch(self, batch: list[_Queued]) -> None:
+    def _commit_batch(self, batch: list[Queued]) -> None:
+        """SQLite's group commit: the whole batch of writes in one transaction, committed once:
+        one flush to disk for every write that arrived while the last batch was being committed,
+        not one each. When one of them fails, the batch is rolled back and each runs again alone,
+        so a failure undoes only itself."""
         assert self._sqlite is not None  # noqa: S101  # (SQLite only)
         try:
             with self._sqlite.begin() as conn:
@@ -285,10 +269,8 @@ class Service:
                 batch[0].error = error
             else:  # someone's failure: everyone again, each alone
                 for queued in batch:
+                    queued.result = None
                     self._commit_batch([queued])
-        finally:
-            for queued in batch:
-                queued.done = True
 
     def _body(self, conn: Connection, work: Callable[[_Tx], T], write: bool) -> T:
         tx = _Tx(conn)
@@ -646,13 +628,13 @@ class Service:
         for _ in range(4):
             found, firmware = await self._run(partial(self._read, ask, with_image), write=False)
             if found.public_key is None:
-                made = made or await anyio.to_thread.run_sync(self.keystore.generate)
+                made = made or await self._keystore(self.keystore.generate)
                 assert made is not None  # noqa: S101  # (for the type checker)
                 handle, public = made.handle, made.public_key
             else:
                 handle, public = found.handle, found.public_key
             if firmware is not None and (signed is None or signed.public_key != public):
-                image = await anyio.to_thread.run_sync(self._sign, firmware, ask.purpose, handle, public)
+                image = await self._keystore(self._sign, firmware, ask.purpose, handle, public)
                 signed = _Signed(public, image, firmware.version)
             if found.counted is not None and found.public_key is not None and (not with_image or found.image):
                 return await self._write(partial(self._fetched, ask, found, with_image))
@@ -661,6 +643,12 @@ class Service:
             except _LostRace:
                 continue
         raise Refused(503, "busy", f"UID {ask.uid}: its {ask.purpose} key kept changing; try again")
+
+    async def _keystore(self, call: Callable[..., T], *args: Any) -> T:
+        """A key store call: on the event loop for a quick store, else in a worker thread."""
+        if self.keystore.quick:
+            return call(*args)
+        return await anyio.to_thread.run_sync(call, *args)
 
     def _check_carried(self, ask: _Ask, public_key: bytes | None) -> None:
         """What the board already holds in OTP for this key, against what the cloud knows: a
