@@ -24,7 +24,6 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Dialect,
-    Engine,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -32,7 +31,6 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
-    create_engine,
     event,
     inspect,
     select,
@@ -273,23 +271,20 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> str:
             lock.close()
 
 
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=10000",
+)
+"""Every SQLite connection's, whichever driver opens it."""
+
+
 def _sqlite_pragmas(connection: Any, _record: object) -> None:
     cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    for pragma in PRAGMAS:
+        cursor.execute(pragma)
     cursor.close()
-
-
-def sqlite_engine(engine: AsyncEngine) -> Engine:
-    """A synchronous engine (the stdlib's sqlite3) on the same SQLite file as ``engine``, for the
-    request paths, which run a whole transaction in one worker thread."""
-    sync = create_engine(
-        engine.url.set(drivername="sqlite"), connect_args={"check_same_thread": False, "timeout": 30}
-    )
-    event.listen(sync, "connect", _sqlite_pragmas)
-    return sync
 
 
 def engine_for(url: str) -> AsyncEngine:
@@ -314,5 +309,4 @@ __all__ = [
     "engine_for",
     "migrate",
     "select",
-    "sqlite_engine",
 ]

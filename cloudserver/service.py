@@ -24,9 +24,10 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from types import SimpleNamespace
 from typing import Any, NamedTuple, TypeVar, cast
@@ -38,6 +39,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from cloudserver import rawsql
 from cloudserver.batches import BatchThread, Queued
 from cloudserver.db import (
     AuditRow,
@@ -50,9 +52,9 @@ from cloudserver.db import (
     SignedImage,
     chain,
     now,
-    sqlite_engine,
 )
 from cloudserver.keystore import KeyStore, NewKey
+from cloudserver.rawsql import Statements
 from nuwire import mcuboot
 from nuwire.keys import public_key_from_raw
 from nuwire.profiles import TargetProfile
@@ -78,8 +80,12 @@ UID, PURPOSE, JOB = (bindparam(name, type_=String()) for name in ("uid", "purpos
 SERIAL = bindparam("serial", type_=String())
 LAST_HASH = select(AUDIT.c.hash).order_by(AUDIT.c.id.desc()).limit(1)
 AUDIT_INSERT = insert(AUDIT)
+AUDIT_LOCKED = text("SELECT pg_advisory_xact_lock(:k)")
 REVOKED_SERIAL = select(REVOKED.c.serial).where(REVOKED.c.serial == SERIAL)
 DEVICE = select(DEVICES).where(DEVICES.c.uid == UID)
+CLAIM = update(DEVICES).where(DEVICES.c.uid == UID).values(line=bindparam("line"))
+JOB_INSERT = insert(JOBS)
+CLOSE = update(JOBS).where(JOBS.c.id == JOB).values(state="closed").returning(JOBS.c.id)
 COUNT = (
     update(JOBS)
     .where(JOBS.c.id == JOB, JOBS.c.used < JOBS.c.quantity, JOBS.c.state == "open")
@@ -119,12 +125,56 @@ def _look_statement(image: bool) -> Any:
 LOOK = {image: _look_statement(image) for image in (False, True)}
 
 
-@dataclass
 class _Tx:
-    """A write transaction: its connection and the audit rows it will chain in at its end."""
+    """A transaction (or a read): its statements, and the audit rows it will chain in at its end."""
 
-    conn: Connection
-    audit: list[dict[str, Any]] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.audit: list[dict[str, Any]] = []
+
+    def first(self, statement: Any, parameters: Mapping[str, Any] | None = None) -> Any:
+        """The first row of ``statement``, or None."""
+        raise NotImplementedError
+
+    def many(self, statement: Any, rows: list[dict[str, Any]]) -> None:
+        """``statement`` once for each of ``rows`` (which name the same columns)."""
+        raise NotImplementedError
+
+    def run(self, statement: Any, parameters: Mapping[str, Any]) -> None:
+        """A statement that returns no rows."""
+        self.many(statement, [dict(parameters)])
+
+    def scalar(self, statement: Any, parameters: Mapping[str, Any] | None = None) -> Any:
+        row = self.first(statement, parameters)
+        return None if row is None else row[0]
+
+
+class _AlchemyTx(_Tx):
+    """PostgreSQL's: on SQLAlchemy's connection."""
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__()
+        self.conn = conn
+
+    def first(self, statement: Any, parameters: Mapping[str, Any] | None = None) -> Any:
+        return self.conn.execute(statement, parameters or {}).first()
+
+    def many(self, statement: Any, rows: list[dict[str, Any]]) -> None:
+        self.conn.execute(statement, rows)
+
+
+class _SqliteTx(_Tx):
+    """SQLite's: on sqlite3 itself (:mod:`cloudserver.rawsql`)."""
+
+    def __init__(self, db: sqlite3.Connection, statements: Statements) -> None:
+        super().__init__()
+        self.db, self.statements = db, statements
+
+    def first(self, statement: Any, parameters: Mapping[str, Any] | None = None) -> Any:
+        rows = self.statements.rows(self.db, statement, parameters)
+        return rows[0] if rows else None
+
+    def many(self, statement: Any, rows: list[dict[str, Any]]) -> None:
+        self.statements.many(self.db, statement, rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +197,8 @@ def _revoked(subject: str, serial: str) -> Refused:
     return Refused(403, "revoked", f"certificate {subject} (serial {serial}) is revoked")
 
 
-def _check_revoked(conn: Connection, subject: str, serial: str) -> None:
-    if serial and conn.scalar(REVOKED_SERIAL, {"serial": serial}) is not None:
+def _check_revoked(tx: _Tx, subject: str, serial: str) -> None:
+    if serial and tx.scalar(REVOKED_SERIAL, {"serial": serial}) is not None:
         raise _revoked(subject, serial)
 
 
@@ -209,11 +259,14 @@ class Service:
             table.name: dialect_insert(table).on_conflict_do_nothing().returning(*table.primary_key)
             for table in (DEVICES, SLOTS, KEYS, IMAGES, RESULTS, REVOKED)
         }
-        self._sqlite = None if self._postgres else sqlite_engine(engine)
-        """SQLite's request paths: the stdlib driver in two threads of its own, one reading and
-        one writing, each taking in one hand-off all the work that queued while it ran the last
-        (aiosqlite hands every statement to its thread: 25 times the cost of one per request)."""
-        if self._sqlite is not None:
+        self._sqlite = not self._postgres
+        """SQLite's request paths: sqlite3 in two threads of its own, one reading and one
+        writing, each with its connection, each taking in one hand-off all the work that queued
+        while it ran the last (aiosqlite hands every statement to its thread: 25 times the cost)."""
+        if self._sqlite:
+            path = str(engine.url.database)
+            self._statements = Statements()
+            self._read_db, self._write_db = rawsql.connect(path), rawsql.connect(path)
             self._reader = BatchThread("sqlite-reads", self._read_batch)
             self._writer = BatchThread("sqlite-writes", self._commit_batch)
         self.unavailable_until = 0.0
@@ -223,47 +276,52 @@ class Service:
         return f"<Service keystore={self.keystore.name} profile={self.profile.name}>"
 
     async def close(self) -> None:
-        if self._sqlite is not None:
+        if self._sqlite:
             self._reader.close()
             self._writer.close()
-            self._sqlite.dispose()
+            self._read_db.close()
+            self._write_db.close()
         await self.engine.dispose()
 
     # -- transactions and audit -------------------------------------------------------------------
 
     async def _run(self, work: Callable[[_Tx], T], *, write: bool) -> T:
         """``work(tx)`` in one transaction (``write``) or one read, on a synchronous connection:
-        SQLite's in a worker thread, PostgreSQL's through SQLAlchemy's ``run_sync`` (asyncpg
+        SQLite's in its thread, PostgreSQL's through SQLAlchemy's ``run_sync`` (asyncpg
         underneath). A write's audit rows are chained in at its end."""
-        if self._sqlite is not None:
+        if self._sqlite:
             return await (self._writer if write else self._reader).submit(work)  # type: ignore[no-any-return]
         async with self.engine.begin() if write else self.engine.connect() as conn:
             return await conn.run_sync(self._body, work, write)
 
     def _read_batch(self, batch: list[Queued]) -> None:
-        """SQLite's reads, one after another on one connection, each with its own result or error."""
-        assert self._sqlite is not None  # noqa: S101  # (SQLite only)
-        with self._sqlite.connect() as conn:
-            for queued in batch:
-                try:
-                    queued.result = self._body(conn, queued.work, False)
-                except Exception as error:  # the caller's, raised there
-                    queued.error = error
+        """SQLite's reads, one after another on one connection (each statement sees the last
+        commit), each with its own result or error."""
+        for queued in batch:
+            try:
+                queued.result = queued.work(_SqliteTx(self._read_db, self._statements))
+            except Exception as error:  # the caller's, raised there
+                queued.error = error
 
     def _commit_batch(self, batch: list[Queued]) -> None:
         """SQLite's group commit: the whole batch of writes in one transaction, committed once:
         one flush to disk for every write that arrived while the last batch was being committed,
         not one each. When one of them fails, the batch is rolled back and each runs again alone,
         so a failure undoes only itself."""
-        assert self._sqlite is not None  # noqa: S101  # (SQLite only)
+        db = self._write_db
         try:
-            with self._sqlite.begin() as conn:
+            db.execute("BEGIN IMMEDIATE")  # the writer's lock from the first statement on
+            try:
                 audit: list[dict[str, Any]] = []
                 for queued in batch:
-                    tx = _Tx(conn)
+                    tx = _SqliteTx(db, self._statements)
                     queued.result = queued.work(tx)
                     audit += tx.audit
-                self._chain(conn, audit)  # one read of the chain's end and one insert a batch
+                self._chain(tx, audit)  # one read of the chain's end and one insert a batch
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         except Exception as error:
             if len(batch) == 1:
                 batch[0].error = error
@@ -273,22 +331,22 @@ class Service:
                     self._commit_batch([queued])
 
     def _body(self, conn: Connection, work: Callable[[_Tx], T], write: bool) -> T:
-        tx = _Tx(conn)
+        tx = _AlchemyTx(conn)
         result = work(tx)
         if write:
-            self._chain(conn, tx.audit)
+            self._chain(tx, tx.audit)
         return result
 
-    def _chain(self, conn: Connection, audit: list[dict[str, Any]]) -> None:
+    def _chain(self, tx: _Tx, audit: list[dict[str, Any]]) -> None:
         """The transaction's audit rows, each with the hash of the one before, as its last writes."""
         if not audit:
             return
         if self._postgres:  # held to the commit: one chain, no fork, across replicas
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK})
-        last = conn.scalar(LAST_HASH)
+            tx.first(AUDIT_LOCKED, {"k": AUDIT_LOCK})
+        last = tx.scalar(LAST_HASH)
         for row in audit:
             row["hash"] = last = chain(last or "", SimpleNamespace(**row))
-        conn.execute(AUDIT_INSERT, audit)  # ids in list order: the chain's
+        tx.many(AUDIT_INSERT, audit)  # ids in list order: the chain's
 
     async def _write(self, work: Callable[[_Tx], T]) -> T:
         """``work`` as a write transaction, run again when the database aborted it for a race
@@ -305,7 +363,7 @@ class Service:
     def _inserted(self, tx: _Tx, table: Table, **values: Any) -> bool:
         """INSERT a row unless a unique key of it is there (another request's, maybe in flight
         on another replica: this waits for it); whether this one went in."""
-        return tx.conn.execute(self._inserts[table.name], values).first() is not None
+        return tx.first(self._inserts[table.name], values) is not None
 
     @staticmethod
     def _audit(
@@ -370,7 +428,7 @@ class Service:
         lookup), so a revocation holds at once on every replica: here, or within the request's
         own first statement for the calls that take ``serial`` (registration, keys, images,
         results)."""
-        await self._run(lambda tx: _check_revoked(tx.conn, subject, serial), write=False)
+        await self._run(lambda tx: _check_revoked(tx, subject, serial), write=False)
 
     async def revoke(self, subject: str, serial: str, revoked_subject: str = "", reason: str = "") -> bool:
         """Revoke the certificate ``serial`` (by ``subject``, the person or tool); False when it
@@ -397,15 +455,15 @@ class Service:
         """The board's OBJ_ID, made at its first registration; the board belongs to ``line``."""
 
         def work(tx: _Tx) -> Any:
-            _check_revoked(tx.conn, subject, serial)
+            _check_revoked(tx, subject, serial)
             fresh = self._inserted(
                 tx, DEVICES, uid=uid, obj_id=secrets.token_hex(16), created=now(), line=line
             )
-            device = tx.conn.execute(DEVICE, {"uid": uid}).one()
+            device = tx.first(DEVICE, {"uid": uid})
             if line and device.line and device.line != line:
                 raise _other_line(uid, device.line)
             if line and not device.line:  # registered before lines (or by an admin): claimed
-                tx.conn.execute(update(DEVICES).where(DEVICES.c.uid == uid).values(line=line))
+                tx.run(CLAIM, {"uid": uid, "line": line})
             self._audit(tx, subject, "register", uid=uid, detail="new" if fresh else "repeat")
             return device
 
@@ -488,7 +546,7 @@ class Service:
         detail = f"quantity {spec.quantity} lines {job.lines or 'any'}"
 
         def work(tx: _Tx) -> None:
-            tx.conn.execute(insert(JOBS).values({c.name: getattr(job, c.name) for c in JOBS.columns}))
+            tx.run(JOB_INSERT, {c.name: getattr(job, c.name) for c in JOBS.columns})
             self._audit(tx, subject, "job_create", job_id=job.id, detail=detail)
 
         await self._write(work)
@@ -527,10 +585,7 @@ class Service:
 
     async def close_job(self, subject: str, job_id: str) -> dict[str, Any]:
         def work(tx: _Tx) -> None:
-            closed = tx.conn.execute(
-                update(JOBS).where(JOBS.c.id == job_id).values(state="closed").returning(JOBS.c.id)
-            )
-            if closed.first() is None:
+            if tx.first(CLOSE, {"job_id": job_id}) is None:
                 raise Refused(404, "unknown job", f"job {job_id} does not exist", "job_id")
             self._audit(tx, subject, "job_close", job_id=job_id)
 
@@ -540,16 +595,16 @@ class Service:
     # -- keys and images ---------------------------------------------------------------------------
 
     @staticmethod
-    def _look(conn: Connection, ask: _Ask, *, image: bool) -> Any:
+    def _look(tx: _Tx, ask: _Ask, *, image: bool) -> Any:
         """One read of all a request needs: the job, the board, its key and (``image``) its signed
         image for the purpose, and whether it is counted under the job. Refused when the job is
         unknown, closed or not the line's, or the board unknown, of another OBJ_ID or line; first
         of all when the caller's certificate is revoked."""
         parameters = {"uid": ask.uid, "purpose": ask.purpose, "job_id": ask.job_id, "serial": ask.serial}
-        found = conn.execute(LOOK[image], parameters).first()
+        found = tx.first(LOOK[image], parameters)
         job_id, uid, line = ask.job_id, ask.uid, ask.line
         if found is None:
-            _check_revoked(conn, ask.subject, ask.serial)
+            _check_revoked(tx, ask.subject, ask.serial)
             raise Refused(404, "unknown job", f"job {job_id} does not exist", "job_id")
         if found.revoked:
             raise _revoked(ask.subject, ask.serial)
@@ -587,7 +642,7 @@ class Service:
         on any replica, count one at a time."""
         if not self._inserted(tx, SLOTS, job_id=ask.job_id, uid=ask.uid, counted=now()):
             return  # counted already (by a request that raced this one, maybe)
-        if tx.conn.execute(COUNT, {"job_id": ask.job_id}).first() is None:
+        if tx.first(COUNT, {"job_id": ask.job_id}) is None:
             raise self._exhausted(ask.job_id, ask.uid)  # the slot's insert is rolled back with it
 
     def _sign(self, job: Any, purpose: str, handle: bytes, public_key: bytes) -> bytes:
@@ -602,20 +657,17 @@ class Service:
             load_addr=slot.base,
         )
 
-    @staticmethod
-    def _firmware(conn: Connection, job_id: str, purpose: str) -> Any:
-        """(body, version) of the job's firmware for ``purpose``: read only to sign."""
-        return conn.execute(FIRMWARE[purpose], {"job_id": job_id}).one()
-
     def _read(self, ask: _Ask, with_image: bool, tx: _Tx) -> tuple[Any, Any]:
         """What :meth:`_serve` finds before it makes anything: (the look, the firmware to sign
         or None); past the quota a new board is refused here, before any work."""
-        found = self._look(tx.conn, ask, image=with_image)
+        found = self._look(tx, ask, image=with_image)
         self._check_carried(ask, found.public_key)
         if found.counted is None and found.full:
             raise self._exhausted(ask.job_id, ask.uid)
         firmware = (
-            self._firmware(tx.conn, ask.job_id, ask.purpose) if with_image and found.image is None else None
+            tx.first(FIRMWARE[ask.purpose], {"job_id": ask.job_id})
+            if with_image and found.image is None
+            else None
         )
         return found, firmware
 
@@ -706,7 +758,7 @@ class Service:
             keystore=self.keystore.name, created=now(),
         ):  # fmt: skip
             self._audit(tx, ask.subject, "key_create", uid=uid, job_id=job_id, detail=purpose)
-        found = self._look(tx.conn, ask, image=with_image)  # with what others stored first
+        found = self._look(tx, ask, image=with_image)  # with what others stored first
         answer = self._answer(ask, found.public_key)
         if not with_image:
             self._count(tx, ask)
@@ -722,7 +774,7 @@ class Service:
                 detail = f"{purpose} {signed.version} sha256 {digest}"
                 self._audit(tx, ask.subject, "sign", uid=uid, job_id=job_id, detail=detail)
             else:  # another request's, stored while this one signed
-                found = self._look(tx.conn, ask, image=True)
+                found = self._look(tx, ask, image=True)
                 image, digest = found.image, found.sha256
         self._count(tx, ask)
         answer.update(image=image, sha256=digest)
@@ -770,7 +822,7 @@ class Service:
         ask = _Ask(subject, line, job_id, uid, obj_id, "", serial=serial)
 
         def work(tx: _Tx) -> None:
-            found = self._look(tx.conn, ask, image=False)
+            found = self._look(tx, ask, image=False)
             if outcome == "PASS" and found.counted is None:
                 raise Refused(
                     409, "not provisioned", f"UID {uid} has no key under job {job_id}: no PASS for it", "uid"
