@@ -32,7 +32,6 @@ from functools import partial
 from types import SimpleNamespace
 from typing import Any, NamedTuple, TypeVar, cast
 
-import anyio
 from sqlalchemy import Connection, String, Table, bindparam, exists, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -228,6 +227,15 @@ def _retryable(error: DBAPIError) -> bool:
     return isinstance(error, IntegrityError) or code in RETRYABLE
 
 
+def _each(batch: list[Queued], *args: Any) -> None:
+    """Each piece of work of ``batch`` called with ``args``, with its own result or error."""
+    for queued in batch:
+        try:
+            queued.result = queued.work(*args)
+        except Exception as error:  # the caller's, raised there
+            queued.error = error
+
+
 class Refused(Exception):
     """A request the cloud will not carry out: an HTTP status, a title and a detail naming the field."""
 
@@ -263,6 +271,7 @@ class Service:
         """SQLite's request paths: sqlite3 in two threads of its own, one reading and one
         writing, each with its connection, each taking in one hand-off all the work that queued
         while it ran the last (aiosqlite hands every statement to its thread: 25 times the cost)."""
+        self._keys = None if keystore.quick else BatchThread("keystore", _each)
         if self._sqlite:
             path = str(engine.url.database)
             self._statements = Statements()
@@ -276,6 +285,8 @@ class Service:
         return f"<Service keystore={self.keystore.name} profile={self.profile.name}>"
 
     async def close(self) -> None:
+        if self._keys is not None:
+            self._keys.close()
         if self._sqlite:
             self._reader.close()
             self._writer.close()
@@ -297,11 +308,7 @@ class Service:
     def _read_batch(self, batch: list[Queued]) -> None:
         """SQLite's reads, one after another on one connection (each statement sees the last
         commit), each with its own result or error."""
-        for queued in batch:
-            try:
-                queued.result = queued.work(_SqliteTx(self._read_db, self._statements))
-            except Exception as error:  # the caller's, raised there
-                queued.error = error
+        _each(batch, _SqliteTx(self._read_db, self._statements))  # reads chain no audit rows
 
     def _commit_batch(self, batch: list[Queued]) -> None:
         """SQLite's group commit: the whole batch of writes in one transaction, committed once:
@@ -697,10 +704,10 @@ class Service:
         raise Refused(503, "busy", f"UID {ask.uid}: its {ask.purpose} key kept changing; try again")
 
     async def _keystore(self, call: Callable[..., T], *args: Any) -> T:
-        """A key store call: on the event loop for a quick store, else in a worker thread."""
-        if self.keystore.quick:
+        """A key store call: on the event loop for a quick store, else in the key store's thread."""
+        if self._keys is None:
             return call(*args)
-        return await anyio.to_thread.run_sync(call, *args)
+        return await self._keys.submit(partial(call, *args))  # type: ignore[no-any-return]
 
     def _check_carried(self, ask: _Ask, public_key: bytes | None) -> None:
         """What the board already holds in OTP for this key, against what the cloud knows: a
