@@ -34,12 +34,12 @@ def connect(path: str) -> sqlite3.Connection:
     return db
 
 
-def _bound(value: Any) -> Any:
-    if isinstance(value, datetime.datetime):
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value.isoformat()}: the database holds UTC moments only")
-        return value.astimezone(datetime.UTC).strftime(MOMENT)
-    return value
+def _moment(value: datetime.datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value.isoformat()}: the database holds UTC moments only")
+    return value.astimezone(datetime.UTC).strftime(MOMENT)
 
 
 class _Compiled:
@@ -56,6 +56,9 @@ class _Compiled:
         self.statement = statement  # held: the cache is keyed by its id
         self.sql = compiled.string
         self.names = tuple(compiled.positiontup or ())
+        self.moment_parameters = [
+            i for i, name in enumerate(self.names) if isinstance(compiled.binds[name].type, UtcDateTime)
+        ]
         self.defaults = {  # what the statement binds itself; any other parameter must be given
             name: value for name, value in compiled.params.items() if not compiled.binds[name].required
         }
@@ -65,11 +68,14 @@ class _Compiled:
         self.row: Any = namedtuple("Row", list(columns.keys()))  # type: ignore[misc]  # names known at run time
         self.moments = [i for i, column in enumerate(columns) if isinstance(column.type, UtcDateTime)]
 
-    def parameters(self, given: Mapping[str, Any]) -> tuple[Any, ...]:
+    def parameters(self, given: Mapping[str, Any]) -> list[Any]:
         try:
-            return tuple(_bound(given[name] if name in given else self.defaults[name]) for name in self.names)
+            values = [given[name] if name in given else self.defaults[name] for name in self.names]
         except KeyError as missing:
             raise ValueError(f"no value for parameter {missing} of {self.sql.split()[0]}") from None
+        for i in self.moment_parameters:
+            values[i] = _moment(values[i])
+        return values
 
     def rows(self, cursor: sqlite3.Cursor) -> list[Any]:
         rows = cursor.fetchall()
