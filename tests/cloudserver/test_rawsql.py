@@ -46,8 +46,9 @@ def test_rows_written_by_either_path_read_the_same_by_either(tmp_path: Path) -> 
 
     assert anyio.run(through_sqlalchemy) == MOMENT
     (row,) = statements.rows(db, DEVICE, {"uid": "B" * 24})
-    assert row.created == MOMENT and row.created.tzinfo is datetime.UTC
-    assert row.line == "b" and row.obj_id == "2" * 32
+    assert row.created == MOMENT
+    assert row.created.tzinfo is datetime.UTC
+    assert (row.uid, row.obj_id, row.line) == ("B" * 24, "2" * 32, "b")
 
 
 def test_a_missing_parameter_a_naive_moment_or_an_unnamed_column_is_an_error(tmp_path: Path) -> None:
