@@ -21,6 +21,7 @@ UID, a job not serving the line, and a result for a board the line did not provi
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import secrets
@@ -32,6 +33,7 @@ from functools import partial
 from types import SimpleNamespace
 from typing import Any, NamedTuple, TypeVar, cast
 
+import anyio
 from sqlalchemy import Connection, String, Table, bindparam, exists, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -272,6 +274,9 @@ class Service:
         writing, each with its connection, each taking in one hand-off all the work that queued
         while it ran the last (aiosqlite hands every statement to its thread: 25 times the cost)."""
         self._keys = None if keystore.quick else BatchThread("keystore", _each)
+        self._pending: list[Queued] = []
+        self._pending_lock = anyio.Lock()
+        """PostgreSQL: the writes waiting for this replica's next batch, one batch at a time."""
         if self._sqlite:
             path = str(engine.url.database)
             self._statements = Statements()
@@ -297,13 +302,66 @@ class Service:
     # -- transactions and audit -------------------------------------------------------------------
 
     async def _run(self, work: Callable[[_Tx], T], *, write: bool) -> T:
-        """``work(tx)`` in one transaction (``write``) or one read, on a synchronous connection:
-        SQLite's in its thread, PostgreSQL's through SQLAlchemy's ``run_sync`` (asyncpg
-        underneath). A write's audit rows are chained in at its end."""
+        """``work(tx)`` in a write transaction (``write``: grouped with the other writes waiting,
+        see :meth:`_batch`) or as one read, on a synchronous connection: SQLite's in its
+        threads, PostgreSQL's through SQLAlchemy's ``run_sync`` (asyncpg underneath)."""
         if self._sqlite:
             return await (self._writer if write else self._reader).submit(work)  # type: ignore[no-any-return]
-        async with self.engine.begin() if write else self.engine.connect() as conn:
-            return await conn.run_sync(self._body, work, write)
+        if write:
+            return await self._postgres_grouped(work)
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(lambda sync: work(_AlchemyTx(sync)))
+
+    def _batch(self, batch: list[Queued], tx_for: Callable[[], _Tx]) -> None:
+        """Group commit: the writes of ``batch`` one after another in the caller's transaction,
+        then all their audit rows chained in (one read of the chain's end, one insert): one
+        flush to disk, and on PostgreSQL one hold of the audit chain's lock, for every write that
+        queued while the last batch committed, not one each. The caller rolls a failed batch back
+        and runs each write again alone (:meth:`_alone`), so a failure undoes only itself."""
+        audit: list[dict[str, Any]] = []
+        for queued in batch:
+            tx = tx_for()
+            queued.result = queued.work(tx)
+            audit += tx.audit
+        self._chain(tx, audit)
+
+    @staticmethod
+    def _alone(batch: list[Queued], error: Exception) -> list[Queued]:
+        """After ``batch`` failed with ``error``: the writes to run again, each alone (none when
+        the batch was one write, which now has its error)."""
+        if len(batch) == 1:
+            batch[0].error = error
+            return []
+        for queued in batch:
+            queued.result = None
+        return batch
+
+    async def _postgres_grouped(self, work: Callable[[_Tx], T]) -> T:
+        """A write joins this replica's next batch; whoever holds the batch lock next commits all
+        that queued (the audit chain's lock is held to each commit, so one transaction a write
+        would put every write of every replica in one line behind a flush each)."""
+        mine = Queued(work, asyncio.get_running_loop().create_future())
+        self._pending.append(mine)
+        async with self._pending_lock:
+            if not mine.future.done():
+                batch, self._pending = self._pending, []
+                with anyio.CancelScope(shield=True):  # others wait on this batch too
+                    await self._commit_postgres(batch)
+        if mine.error is not None:
+            raise mine.error
+        return mine.result  # type: ignore[no-any-return]
+
+    async def _commit_postgres(self, batch: list[Queued]) -> None:
+        try:
+            async with self.engine.begin() as conn:
+                await conn.run_sync(lambda sync: self._batch(batch, lambda: _AlchemyTx(sync)))
+        except Exception as error:
+            for queued in self._alone(batch, error):
+                await self._commit_postgres([queued])
+        finally:
+            for queued in batch:
+                if not queued.future.done():
+                    queued.future.set_result(None)
 
     def _read_batch(self, batch: list[Queued]) -> None:
         """SQLite's reads, one after another on one connection (each statement sees the last
@@ -311,38 +369,19 @@ class Service:
         _each(batch, _SqliteTx(self._read_db, self._statements))  # reads chain no audit rows
 
     def _commit_batch(self, batch: list[Queued]) -> None:
-        """SQLite's group commit: the whole batch of writes in one transaction, committed once:
-        one flush to disk for every write that arrived while the last batch was being committed,
-        not one each. When one of them fails, the batch is rolled back and each runs again alone,
-        so a failure undoes only itself."""
+        """SQLite's group commit (:meth:`_batch`), in its writer thread."""
         db = self._write_db
         try:
             db.execute("BEGIN IMMEDIATE")  # the writer's lock from the first statement on
             try:
-                audit: list[dict[str, Any]] = []
-                for queued in batch:
-                    tx = _SqliteTx(db, self._statements)
-                    queued.result = queued.work(tx)
-                    audit += tx.audit
-                self._chain(tx, audit)  # one read of the chain's end and one insert a batch
+                self._batch(batch, lambda: _SqliteTx(db, self._statements))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
         except Exception as error:
-            if len(batch) == 1:
-                batch[0].error = error
-            else:  # someone's failure: everyone again, each alone
-                for queued in batch:
-                    queued.result = None
-                    self._commit_batch([queued])
-
-    def _body(self, conn: Connection, work: Callable[[_Tx], T], write: bool) -> T:
-        tx = _AlchemyTx(conn)
-        result = work(tx)
-        if write:
-            self._chain(tx, tx.audit)
-        return result
+            for queued in self._alone(batch, error):
+                self._commit_batch([queued])
 
     def _chain(self, tx: _Tx, audit: list[dict[str, Any]]) -> None:
         """The transaction's audit rows, each with the hash of the one before, as its last writes."""
