@@ -288,12 +288,15 @@ def _sqlite_pragmas(connection: Any, _record: object) -> None:
 
 
 def engine_for(url: str) -> AsyncEngine:
-    """An engine for ``url``; PostgreSQL's pool sized for a replica's concurrent requests."""
+    """An engine for ``url``. PostgreSQL's pool holds 20 connections and no more: a request
+    beyond waits for one (reads are one statement or two; writes are committed in batches of
+    one connection), instead of opening and closing a connection of its own each time (a new
+    backend process and a TLS handshake for every request past the twentieth)."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    return create_async_engine(url, pool_size=20, max_overflow=0, pool_pre_ping=True)
 
 
 __all__ = [
