@@ -6,10 +6,12 @@
 Each client is one station connection (kept alive) that provisions boards one after another, as a
 station does: register, bootloader (a key made and an image signed), application key, application
 (signed), result: five calls a board, three of them provisioning calls. Per concurrency: calls/s,
-p50/p99 latency of the provisioning calls, and the server's CPU per call (its processes' user +
-system time over the run, from /proc). ``--replicas 2`` runs two `cloudserver serve` on one
-PostgreSQL behind HAProxy (deploy/haproxy/haproxy.cfg) and reports their sum. PostgreSQL and
-HAProxy come from Debian's packages (tests/pg.py starts a server of its own).
+p50/p99 latency of the provisioning calls, the server's CPU per call (its processes' user +
+system time over the run, from /proc), the load generator's own CPU per call and how many of the
+machine's cores were busy (all processes: the servers, PostgreSQL, HAProxy, the load generator).
+``--replicas 2`` runs two `cloudserver serve` on one PostgreSQL behind HAProxy
+(deploy/haproxy/haproxy.cfg) and reports their sum. PostgreSQL and HAProxy come from Debian's
+packages (tests/pg.py starts a server of its own).
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def _cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _machine_busy() -> float:
+    """CPU-seconds the whole machine has been busy (every process, every core: not idle or I/O wait)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / TICKS
 
 
 def _softhsm(folder: Path) -> dict[str, Any]:
@@ -201,11 +209,15 @@ def main() -> int:
             cloud(Path(folder), keystore, args.database, args.replicas) as (url, pki, pids),
         ):
             for offset, clients in enumerate(int(c) for c in args.clients.split(",")):
-                before = sum(_cpu(pid) for pid in pids)
+                before, busy, mine = sum(_cpu(pid) for pid in pids), _machine_busy(), time.process_time()
                 level = anyio.run(load, url, pki, clients, max(1, args.boards // clients), (offset + 1) << 64)
                 level["server_cpu_ms_per_call"] = round(
                     1000 * (sum(_cpu(p) for p in pids) - before) / level["calls"], 2
                 )
+                level["load_generator_cpu_ms_per_call"] = round(
+                    1000 * (time.process_time() - mine) / level["calls"], 2
+                )  # the clients run on the same machine: what they take, the servers cannot have
+                level["machine_cores_busy"] = round((_machine_busy() - busy) / level["seconds"], 2)
                 levels[str(clients)] = level
         result["keystores"][keystore] = levels
     print(json.dumps(result, indent=1))
