@@ -4,7 +4,8 @@ Handing work to a thread and back costs 0.1-0.3 ms of CPU on the machines this r
 futex wake-ups and the GIL changing hands, each way), more than an indexed SQLite read. Here
 everything queued while the thread ran its last batch is its next batch: taken in one wake-up
 and answered in one per event loop. Under load the hand-off is paid per batch, not per request;
-alone, a request pays it once, as with ``anyio.to_thread``.
+alone, a request pays it once, as with ``anyio.to_thread`` (whose cancel scope and capacity
+limiter per call cost as much again).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import anyio
 
 
 @dataclass
@@ -41,12 +40,12 @@ class BatchThread:
         self._thread.start()
 
     async def submit(self, work: Any) -> Any:
-        """``work``'s result (or its error, raised), once its batch has run. Not cancellable: the
-        work runs to its end once queued, so its caller waits for it (as ``anyio.to_thread``)."""
+        """``work``'s result (or its error, raised), once its batch has run. Once queued, the work
+        runs to its end: a caller cancelled meanwhile stops waiting and its result is dropped (a
+        write is committed all the same, as if the caller had gone just after)."""
         queued = Queued(work, asyncio.get_running_loop().create_future())
         self._queue.put(queued)
-        with anyio.CancelScope(shield=True):
-            await queued.future
+        await queued.future
         if queued.error is not None:
             raise queued.error
         return queued.result

@@ -15,6 +15,7 @@ import datetime
 import fcntl
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,8 +46,18 @@ HEAD = "0003"
 MIGRATE_LOCK = 0x6E7570726F76  # "nuprov": the advisory lock replicas take to migrate
 
 
+_NOW = (0, datetime.datetime.fromtimestamp(0, datetime.UTC))
+
+
 def now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    """This second, in UTC (one object a second: a request path asks several times a request)."""
+    global _NOW  # noqa: PLW0603  # one (second, moment) pair, replaced whole: safe across threads
+    second, moment = _NOW
+    if second != int(time.time()):
+        second = int(time.time())
+        moment = datetime.datetime.fromtimestamp(second, datetime.UTC)
+        _NOW = (second, moment)
+    return moment
 
 
 class UtcDateTime(TypeDecorator[datetime.datetime]):

@@ -34,12 +34,20 @@ def connect(path: str) -> sqlite3.Connection:
     return db
 
 
+_LAST = (datetime.datetime.fromtimestamp(0, datetime.UTC), "1970-01-01 00:00:00.000000")
+
+
 def _moment(value: datetime.datetime | None) -> str | None:
+    global _LAST  # noqa: PLW0603  # the last one, replaced whole: moments repeat within a second
     if value is None:
         return None
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value.isoformat()}: the database holds UTC moments only")
-    return value.astimezone(datetime.UTC).strftime(MOMENT)
+    last, text = _LAST
+    if value != last:
+        text = value.astimezone(datetime.UTC).strftime(MOMENT)
+        _LAST = (value, text)
+    return text
 
 
 class _Compiled:
