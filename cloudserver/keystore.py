@@ -14,7 +14,8 @@ One interface, two implementations, one contract test suite (tests/cloudserver/t
   unwraps and which refuses an unwrap asking otherwise: with the PIN and the database, a key can be
   used to sign but never read in clear. The KEK cannot encrypt or decrypt, so it cannot be used to
   open a blob outside an unwrap either. To sign, the blob is unwrapped into a session key, used,
-  and destroyed. PKCS#11 calls are serialised in the process (one session).
+  and destroyed; a key made for an image signs its digest before it is wrapped (no unwrap).
+  PKCS#11 calls are serialised in the process (one session).
 
 Blobs are opaque to the rest of the server: a ``handle``.
 """
@@ -53,6 +54,9 @@ class NewKey:
     """Raw X||Y of the P-256 public key."""
     handle: bytes
     """The private key as only this key store can use it (wrapped or encrypted)."""
+    signature: bytes | None = None
+    """The DER signature of the digest asked for at generation, made with the new key before it
+    was wrapped (so the first image needs no unwrap)."""
 
 
 class KeyStore(Protocol):
@@ -61,7 +65,9 @@ class KeyStore(Protocol):
     """Its calls are a fraction of a millisecond of CPU (no device, no lock): the server makes
     them on its event loop, where a hand-off to a thread would cost more than the work."""
 
-    def generate(self) -> NewKey: ...
+    def generate(self, digest: bytes | None = None) -> NewKey:
+        """A new P-256 key; with ``digest``, also its signature of it (:attr:`NewKey.signature`)."""
+        ...
 
     def sign_digest(self, handle: bytes, digest: bytes) -> bytes:
         """ECDSA P-256 over a SHA-256 digest; the DER signature."""
@@ -80,12 +86,14 @@ class FileKeyStore:
     def __repr__(self) -> str:
         return "<FileKeyStore master_key=<hidden>>"
 
-    def generate(self) -> NewKey:
+    def generate(self, digest: bytes | None = None) -> NewKey:
         key = ec.generate_private_key(ec.SECP256R1())
         secret = key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
         nonce = os.urandom(12)
         return NewKey(
-            raw_public_key(key.public_key()), nonce + self._aead.encrypt(nonce, secret, b"nuprov key v1")
+            raw_public_key(key.public_key()),
+            nonce + self._aead.encrypt(nonce, secret, b"nuprov key v1"),
+            None if digest is None else key.sign(digest, PREHASHED),
         )
 
     def sign_digest(self, handle: bytes, digest: bytes) -> bytes:
@@ -168,8 +176,9 @@ class Pkcs11KeyStore:
             p.MechanismAESGENERATEKEY,
         )
 
-    def generate(self) -> NewKey:
+    def generate(self, digest: bytes | None = None) -> NewKey:
         p = self._p
+        signature = None
         with self._lock:
             public = private = None
             try:
@@ -187,13 +196,20 @@ class Pkcs11KeyStore:
                 )  # fmt: skip
                 wrapped = bytes(self._session.wrapKey(self._kek, private, self._wrap))
                 (point,) = self._session.getAttributeValue(public, [p.CKA_EC_POINT])
+                if digest is not None:
+                    signature = self._sign(private, digest)
             except p.PyKCS11Error as error:
                 raise KeyStoreError(f"PKCS#11 key generation failed: {_name(error)}") from error
             finally:
                 for made in (private, public):
                     if made is not None:
                         self._session.destroyObject(made)
-        return NewKey(_raw_from_ec_point(bytes(point)), wrapped)
+        return NewKey(_raw_from_ec_point(bytes(point)), wrapped, signature)
+
+    def _sign(self, key: Any, digest: bytes) -> bytes:
+        raw = bytes(self._session.sign(key, digest, self._p.Mechanism(self._p.CKM_ECDSA)))
+        half = len(raw) // 2
+        return encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
 
     def sign_digest(self, handle: bytes, digest: bytes) -> bytes:
         p = self._p
@@ -209,13 +225,11 @@ class Pkcs11KeyStore:
                     self._wrap,
                 )  # fmt: skip
                 try:
-                    raw = bytes(self._session.sign(key, digest, p.Mechanism(p.CKM_ECDSA)))
+                    return self._sign(key, digest)
                 finally:
                     self._session.destroyObject(key)
             except p.PyKCS11Error as error:
                 raise KeyStoreError(f"PKCS#11 signing failed: {_name(error)}") from error
-        half = len(raw) // 2
-        return encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
 
 
 def _name(error: Exception) -> str:

@@ -691,16 +691,33 @@ class Service:
         if tx.first(COUNT, {"job_id": ask.job_id}) is None:
             raise self._exhausted(ask.job_id, ask.uid)  # the slot's insert is rolled back with it
 
-    def _sign(self, job: Any, purpose: str, handle: bytes, public_key: bytes) -> bytes:
+    def _layout(self, firmware: Any, purpose: str) -> dict[str, Any]:
         slot = getattr(self.profile, f"{purpose}_slot")
+        version = mcuboot.Version.parse(firmware.version)
+        return {"version": version, "header_size": slot.header_size, "load_addr": slot.base}
+
+    def _digest(self, firmware: Any, purpose: str) -> bytes:
+        """The digest the purpose's image of ``firmware`` is signed over (whatever the key)."""
+        return mcuboot.image_digest(firmware.body, **self._layout(firmware, purpose))
+
+    def _sign(
+        self, firmware: Any, purpose: str, handle: bytes, public_key: bytes, made: NewKey | None = None
+    ) -> bytes:
+        """The signed image; ``made``: the key just generated with a signature of the image's
+        digest (:meth:`KeyStore.generate`), used instead of signing again with ``handle``."""
+        ready = made.signature if made is not None else None
+
+        def signer(digest: bytes) -> bytes:
+            if ready is not None and self._digest(firmware, purpose) == digest:
+                return ready
+            return self.keystore.sign_digest(handle, digest)
+
         return mcuboot.build(
-            job.body,
-            signer=lambda digest: self.keystore.sign_digest(handle, digest),
+            firmware.body,
+            signer=signer,
             public_key=public_key_from_raw(public_key),
-            version=mcuboot.Version.parse(job.version),
             key_format=mcuboot.KeyFormat.HASH if purpose == "bootloader" else mcuboot.KeyFormat.FULL,
-            header_size=slot.header_size,
-            load_addr=slot.base,
+            **self._layout(firmware, purpose),
         )
 
     def _read(self, ask: _Ask, with_image: bool, tx: _Tx) -> tuple[Any, Any]:
@@ -726,13 +743,15 @@ class Service:
         for _ in range(4):
             found, firmware = await self._run(partial(self._read, ask, with_image), write=False)
             if found.public_key is None:
-                made = made or await self._keystore(self.keystore.generate)
-                assert made is not None  # noqa: S101  # (for the type checker)
+                if made is None:  # with the image's digest: signed before the key is wrapped
+                    digest = None if firmware is None else self._digest(firmware, ask.purpose)
+                    made = await self._keystore(self.keystore.generate, digest)
                 handle, public = made.handle, made.public_key
             else:
                 handle, public = found.handle, found.public_key
             if firmware is not None and (signed is None or signed.public_key != public):
-                image = await self._keystore(self._sign, firmware, ask.purpose, handle, public)
+                ready = made if made is not None and made.public_key == public else None
+                image = await self._keystore(self._sign, firmware, ask.purpose, handle, public, ready)
                 signed = _Signed(public, image, firmware.version)
             if found.counted is not None and found.public_key is not None and (not with_image or found.image):
                 return await self._write(partial(self._fetched, ask, found, with_image))

@@ -141,23 +141,12 @@ def private_key_signer(key: ec.EllipticCurvePrivateKey) -> Signer:
     return sign
 
 
-def build(
-    body: bytes,
-    *,
-    signer: Signer,
-    public_key: ec.EllipticCurvePublicKey,
-    version: Version,
-    key_format: KeyFormat = KeyFormat.HASH,
-    header_size: int = 0x400,
-    load_addr: int = 0,
-    flags: int = 0,
-) -> bytes:
-    """A signed MCUboot image of ``body``; the public key goes in as KEYHASH or PUBKEY."""
+def _hashed(body: bytes, version: Version, header_size: int, load_addr: int, flags: int) -> bytes:
+    """The header (padded to ``header_size``) and the body: what the image's SHA256 covers."""
     if not HEADER.size <= header_size <= 0xFFFF:
         raise ProtocolError("header size", f"{HEADER.size}..0xFFFF", header_size)
     if not 0 < len(body) <= 0xFFFFFFFF:
         raise ProtocolError("image size", "1..0xFFFFFFFF", len(body))
-    raw_public_key(public_key)  # refuses anything but P-256
     header = HEADER.pack(
         IMAGE_MAGIC,
         load_addr,
@@ -171,7 +160,30 @@ def build(
         version.build,
         0,
     )
-    hashed = header + bytes([ERASED]) * (header_size - HEADER.size) + body
+    return header + bytes([ERASED]) * (header_size - HEADER.size) + body
+
+
+def image_digest(
+    body: bytes, *, version: Version, header_size: int = 0x400, load_addr: int = 0, flags: int = 0
+) -> bytes:
+    """The digest :func:`build` signs for these arguments (it does not depend on the key)."""
+    return hashlib.sha256(_hashed(body, version, header_size, load_addr, flags)).digest()
+
+
+def build(
+    body: bytes,
+    *,
+    signer: Signer,
+    public_key: ec.EllipticCurvePublicKey,
+    version: Version,
+    key_format: KeyFormat = KeyFormat.HASH,
+    header_size: int = 0x400,
+    load_addr: int = 0,
+    flags: int = 0,
+) -> bytes:
+    """A signed MCUboot image of ``body``; the public key goes in as KEYHASH or PUBKEY."""
+    hashed = _hashed(body, version, header_size, load_addr, flags)
+    raw_public_key(public_key)  # refuses anything but P-256
     digest = hashlib.sha256(hashed).digest()
     der = public_key_der(public_key)
     key_tlv = (

@@ -46,6 +46,14 @@ def test_made_keys_sign_digests_that_verify(store: KeyStore) -> None:
     )
 
 
+def test_a_key_made_for_a_digest_comes_with_its_signature(store: KeyStore) -> None:
+    made = store.generate(DIGEST)
+    assert made.signature is not None
+    assert verifies(made.public_key, made.signature)
+    assert verifies(made.public_key, store.sign_digest(made.handle, DIGEST))  # the wrapped key is the same
+    assert store.generate().signature is None
+
+
 def test_every_key_is_new_and_the_handle_hides_the_key(store: KeyStore) -> None:
     first, second = store.generate(), store.generate()
     assert first.public_key != second.public_key

@@ -272,3 +272,21 @@ def test_build_then_parse_is_identity(
         header_size,
         load_addr,
     )
+
+
+def test_image_digest_is_what_build_signs_whatever_the_key() -> None:
+    seen: list[bytes] = []
+
+    def signer(digest: bytes) -> bytes:
+        seen.append(digest)
+        return mcuboot.private_key_signer(KEY)(digest)
+
+    other = ec.derive_private_key(0xFEDCBA, ec.SECP256R1()).public_key()
+    for public_key in (KEY.public_key(), other):
+        image = mcuboot.build(
+            BODY, signer=signer, public_key=public_key, version=Version(1, 2, 3, 4), load_addr=8
+        )
+        assert mcuboot.parse(image).digest == seen[-1]
+    expected = mcuboot.image_digest(BODY, version=Version(1, 2, 3, 4), load_addr=8)
+    assert seen == [expected, expected]
+    assert mcuboot.image_digest(BODY, version=Version(1, 2, 3, 5), load_addr=8) != expected
