@@ -53,10 +53,8 @@ def now() -> datetime.datetime:
     """This second, in UTC (one object a second: a request path asks several times a request)."""
     global _NOW  # noqa: PLW0603  # one (second, moment) pair, replaced whole: safe across threads
     second, moment = _NOW
-    if second != int(time.time()):
-        second = int(time.time())
-        moment = datetime.datetime.fromtimestamp(second, datetime.UTC)
-        _NOW = (second, moment)
+    if second != (this := int(time.time())):
+        second, moment = _NOW = (this, datetime.datetime.fromtimestamp(this, datetime.UTC))
     return moment
 
 

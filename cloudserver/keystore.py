@@ -55,8 +55,10 @@ class NewKey:
     handle: bytes
     """The private key as only this key store can use it (wrapped or encrypted)."""
     signature: bytes | None = None
-    """The DER signature of the digest asked for at generation, made with the new key before it
-    was wrapped (so the first image needs no unwrap)."""
+    """The DER signature of :attr:`digest`, made with the new key before it was wrapped (so the
+    first image needs no unwrap)."""
+    digest: bytes | None = None
+    """The digest asked for at generation."""
 
 
 class KeyStore(Protocol):
@@ -94,6 +96,7 @@ class FileKeyStore:
             raw_public_key(key.public_key()),
             nonce + self._aead.encrypt(nonce, secret, b"nuprov key v1"),
             None if digest is None else key.sign(digest, PREHASHED),
+            digest,
         )
 
     def sign_digest(self, handle: bytes, digest: bytes) -> bytes:
@@ -204,7 +207,7 @@ class Pkcs11KeyStore:
                 for made in (private, public):
                     if made is not None:
                         self._session.destroyObject(made)
-        return NewKey(_raw_from_ec_point(bytes(point)), wrapped, signature)
+        return NewKey(_raw_from_ec_point(bytes(point)), wrapped, signature, digest)
 
     def _sign(self, key: Any, digest: bytes) -> bytes:
         raw = bytes(self._session.sign(key, digest, self._p.Mechanism(self._p.CKM_ECDSA)))

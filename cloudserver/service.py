@@ -269,15 +269,14 @@ class Service:
             table.name: dialect_insert(table).on_conflict_do_nothing().returning(*table.primary_key)
             for table in (DEVICES, SLOTS, KEYS, IMAGES, RESULTS, REVOKED)
         }
-        self._sqlite = not self._postgres
-        """SQLite's request paths: sqlite3 in two threads of its own, one reading and one
-        writing, each with its connection, each taking in one hand-off all the work that queued
-        while it ran the last (aiosqlite hands every statement to its thread: 25 times the cost)."""
         self._keys = None if keystore.quick else BatchThread("keystore", _each)
         self._pending: list[Queued] = []
         self._pending_lock = anyio.Lock()
         """PostgreSQL: the writes waiting for this replica's next batch, one batch at a time."""
-        if self._sqlite:
+        if not self._postgres:
+            # SQLite's request paths: sqlite3 in two threads of its own, one reading and one
+            # writing, each with its connection, each taking in one hand-off all the work that
+            # queued while it ran the last (aiosqlite hands every statement to its thread: 25x).
             path = str(engine.url.database)
             self._statements = Statements()
             self._read_db, self._write_db = rawsql.connect(path), rawsql.connect(path)
@@ -292,7 +291,7 @@ class Service:
     async def close(self) -> None:
         if self._keys is not None:
             self._keys.close()
-        if self._sqlite:
+        if not self._postgres:
             self._reader.close()
             self._writer.close()
             self._read_db.close()
@@ -305,7 +304,7 @@ class Service:
         """``work(tx)`` in a write transaction (``write``: grouped with the other writes waiting,
         see :meth:`_batch`) or as one read, on a synchronous connection: SQLite's in its
         threads, PostgreSQL's through SQLAlchemy's ``run_sync`` (asyncpg underneath)."""
-        if self._sqlite:
+        if not self._postgres:
             return await (self._writer if write else self._reader).submit(work)  # type: ignore[no-any-return]
         if write:
             return await self._postgres_grouped(work)
@@ -703,13 +702,12 @@ class Service:
     def _sign(
         self, firmware: Any, purpose: str, handle: bytes, public_key: bytes, made: NewKey | None = None
     ) -> bytes:
-        """The signed image; ``made``: the key just generated with a signature of the image's
+        """The signed image; ``made``: the key just generated, with a signature of the image's
         digest (:meth:`KeyStore.generate`), used instead of signing again with ``handle``."""
-        ready = made.signature if made is not None else None
 
         def signer(digest: bytes) -> bytes:
-            if ready is not None and self._digest(firmware, purpose) == digest:
-                return ready
+            if made is not None and made.signature is not None and made.digest == digest:
+                return made.signature
             return self.keystore.sign_digest(handle, digest)
 
         return mcuboot.build(
