@@ -107,9 +107,10 @@ async function loadHistory(uid) {
 async function loadQuarantined() {
   const response = await fetch("/api/v1/boards?outcome=QUARANTINE&limit=500");
   if (!response.ok) return;
+  const { boards } = await response.json();
   const list = $("quarantined");
-  list.textContent = "";
-  for (const b of (await response.json()).boards) {
+  list.textContent = "";  // emptied and filled in one task: never seen empty between the two
+  for (const b of boards) {
     const item = make(list, "li");
     item.dataset.uid = b.uid;
     const uid = make(item, "a", "uid", b.uid);
